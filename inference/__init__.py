@@ -1,0 +1,1 @@
+"""Inference core: model registry, series selection, series -> volume, runners, post-processing."""

@@ -1,0 +1,136 @@
+"""One settings object, built at start-up from (lowest to highest precedence):
+defaults < YAML config file < ``TAMSOAT_*`` environment variables < command-line flags.
+
+Library code never reads the environment; it takes the typed pieces it needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_DEFAULTS = Path(__file__).resolve().parents[1] / "defaults"
+AE_TITLE_PATTERN = r"^[ -\[\]-~]{1,16}$"  # printable ASCII without backslash, 1-16 chars
+
+
+class Destination(BaseModel):
+    """An outbound DICOM peer (PACS) that receives our results."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+    @field_validator("ae_title")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("AE title must not be blank")
+        return v.strip()
+
+
+class AllowedPeer(BaseModel):
+    """A calling AE title allowed to associate, together with its address."""
+
+    ae_title: str = Field(pattern=AE_TITLE_PATTERN)
+    host: str
+
+
+class DicomSettings(BaseModel):
+    ae_title: str = Field(default="TAMSOAT", pattern=AE_TITLE_PATTERN)
+    host: str = "0.0.0.0"
+    port: int = Field(default=11112, ge=1, le=65535)
+    max_pdu: int = Field(default=262144, ge=4096)
+    max_associations: int = Field(default=16, ge=1)
+    allowed_peers: list[AllowedPeer] = Field(
+        default_factory=list, description="empty: accept any calling AE (log a warning at start)"
+    )
+
+
+class WebSettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="TAMSOAT_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+
+    home: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.tamsoat")))
+    database_url: str | None = Field(default=None, description="default: sqlite file in home")
+    spool_dir: Path | None = Field(default=None, description="default: <home>/spool")
+    reports_dir: Path | None = Field(default=None, description="default: <home>/reports")
+    models_dir: Path = REPO_ROOT / "models"
+    routing_file: Path = PACKAGE_DEFAULTS / "routing.yaml"
+    quiet_period_s: float = Field(default=15.0, gt=0)
+    workers: int = Field(default=1, ge=1, le=64)
+    inference_threads: int = Field(default=2, ge=1, le=256)
+    send_retry_base_s: float = Field(default=5.0, gt=0)
+    send_retry_max_attempts: int = Field(default=8, ge=1)
+    institution: str = "tamsoat"
+    dicom: DicomSettings = Field(default_factory=DicomSettings)
+    web: WebSettings = Field(default_factory=WebSettings)
+    destinations: list[Destination] = Field(default_factory=list)
+    log_level: str = "INFO"
+
+    @field_validator("destinations")
+    @classmethod
+    def _unique_names(cls, v: list[Destination]) -> list[Destination]:
+        names = [d.name for d in v]
+        if len(names) != len(set(names)):
+            raise ValueError("destination names must be unique")
+        return v
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # model_config["yaml_file"] is set only on the subclass that load_settings makes for a file.
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls))
+
+    # Derived locations -------------------------------------------------------------------------
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'tamsoat.db'}"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool_dir or self.home / "spool"
+
+    @property
+    def reports_path(self) -> Path:
+        return self.reports_dir or self.home / "reports"
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message says why in one sentence."""
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings: defaults < YAML file < environment < ``overrides`` (flags)."""
+    if config_file is not None and not config_file.is_file():
+        raise ConfigError(f"config file {config_file} does not exist")
+    cls: type[Settings] = Settings
+    if config_file is not None:
+        config = SettingsConfigDict(**{**Settings.model_config, "yaml_file": config_file})
+        cls = type("FileSettings", (Settings,), {"model_config": config})
+    try:
+        return cls(**{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc

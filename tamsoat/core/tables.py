@@ -1,0 +1,191 @@
+"""Database tables (SQLAlchemy 2). The schema is created and changed only by Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+UID = String(64)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    study_instance_uid: Mapped[str] = mapped_column(UID, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    # Display attributes copied from the first instance; kept in the DB only, never logged.
+    patient_name: Mapped[str] = mapped_column(String(256), default="")
+    patient_id: Mapped[str] = mapped_column(String(64), default="")
+    accession_number: Mapped[str] = mapped_column(String(64), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_description: Mapped[str] = mapped_column(String(256), default="")
+    modalities: Mapped[str] = mapped_column(String(64), default="")
+    called_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    closed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str] = mapped_column(Text, default="")
+    signed_by: Mapped[str] = mapped_column(String(64), default="")
+    signed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    version: Mapped[int] = mapped_column(Integer, default=1)  # a re-send with other content: new version
+    study_instance_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_instance_uid"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(String(512))  # relative to the spool root
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column(Integer)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    current: Mapped[bool] = mapped_column(Boolean, default=True)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+    __table_args__ = (UniqueConstraint("sop_instance_uid", "version", name="uq_instance_version"),)
+
+
+class Job(Base):
+    """A unit of work for the embedded runner (or, later, a Celery worker)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    key: Mapped[str] = mapped_column(String(128), index=True)  # e.g. the study UID
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    not_before: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    worker: Mapped[str] = mapped_column(String(64), default="")
+    error: Mapped[str] = mapped_column(Text, default="")
+
+
+class Analysis(Base):
+    """One run of one model on one series of a study."""
+
+    __tablename__ = "analyses"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_instance_uid"), index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    model_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(32))
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    device_uid: Mapped[str] = mapped_column(UID)
+    input_sha256: Mapped[str] = mapped_column(String(64))  # hash over the input instances' hashes
+    routing_rule: Mapped[str] = mapped_column(String(64), default="")
+    current: Mapped[bool] = mapped_column(Boolean, default=True)  # superseded by a re-run: False
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    findings: Mapped[list[Finding]] = relationship(back_populates="analysis", order_by="Finding.id")
+
+
+class Finding(Base):
+    __tablename__ = "findings"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id"), index=True)
+    tracking_uid: Mapped[str] = mapped_column(UID, unique=True)
+    label: Mapped[str] = mapped_column(String(32), default="nodule")
+    center_x_mm: Mapped[float] = mapped_column(Float)
+    center_y_mm: Mapped[float] = mapped_column(Float)
+    center_z_mm: Mapped[float] = mapped_column(Float)
+    diameter_mm: Mapped[float] = mapped_column(Float)
+    volume_mm3: Mapped[float] = mapped_column(Float)
+    confidence: Mapped[float] = mapped_column(Float)
+    decision: Mapped[str] = mapped_column(String(16), default="")  # "" until decided
+    decided_by: Mapped[str] = mapped_column(String(64), default="")
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    analysis: Mapped[Analysis] = relationship(back_populates="findings")
+
+
+class Report(Base):
+    """A DICOM object we wrote (SR), kept until every destination has it."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_instance_uid: Mapped[str] = mapped_column(ForeignKey("studies.study_instance_uid"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    kind: Mapped[str] = mapped_column(String(16))  # "sr"
+    path: Mapped[str] = mapped_column(String(512))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboxItem(Base):
+    """One object to send to one destination; retried until sent or dead-lettered."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64), index=True)
+    report_id: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("destination", "report_id", name="uq_outbox_dest_report"),)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(String(128), default="")
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str] = mapped_column(String(256), default="")
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    user: Mapped[User] = relationship()
+
+
+class AuditEvent(Base):
+    """Append-only: rows are inserted, never updated or deleted."""
+
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    actor: Mapped[str] = mapped_column(String(64))  # user name or "system" / AE title
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target: Mapped[str] = mapped_column(String(128), default="")  # a UID or id, never PHI
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
