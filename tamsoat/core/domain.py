@@ -33,6 +33,12 @@ class JobState(StrEnum):
     FAILED = "failed"
 
 
+class JobKind(StrEnum):
+    ANALYZE_STUDY = "analyze_study"
+    REPORT_STUDY = "report_study"
+    SEND_OUTBOX = "send_outbox"
+
+
 class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"

@@ -1,0 +1,87 @@
+"""Study assembly: record each stored instance against its study, and close a study once no
+instance has arrived for a quiet period (DICOM has no end-of-study signal).
+
+A late instance re-opens a closed study, so it is analysed again and the new result supersedes
+the old one. An identical re-send changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from dicom_gateway.scp import StoredInstance
+from tamsoat.core import audit
+from tamsoat.core.domain import StudyState
+from tamsoat.core.tables import Instance, Study
+
+log = logging.getLogger(__name__)
+
+OnStudyClosed = Callable[[Session, str], None]
+
+
+def record_instance(session: Session, stored: StoredInstance, now: datetime | None = None) -> None:
+    """Add a stored instance to its study (creating the study on its first instance)."""
+    now = now or datetime.now(UTC)
+    study = session.get(Study, stored.study_instance_uid)
+    if stored.duplicate:
+        log.info("instance.duplicate sop=%s study=%s", stored.sop_instance_uid, stored.study_instance_uid)
+        return
+    attrs = stored.attributes
+    if study is None:
+        study = Study(
+            study_instance_uid=stored.study_instance_uid, state=StudyState.RECEIVING.value,
+            patient_name=attrs.get("PatientName", "")[:256], patient_id=attrs.get("PatientID", "")[:64],
+            accession_number=attrs.get("AccessionNumber", "")[:64], study_date=attrs.get("StudyDate", "")[:8],
+            study_description=attrs.get("StudyDescription", "")[:256],
+            called_ae_title=stored.called_ae_title, first_received_at=now, last_received_at=now,
+        )
+        session.add(study)
+        log.info("study.opened study=%s calling_ae=%s", stored.study_instance_uid, stored.calling_ae_title)
+    else:
+        if study.state != StudyState.RECEIVING.value:
+            log.info("study.reopened study=%s previous_state=%s", study.study_instance_uid, study.state)
+            audit.record(session, stored.calling_ae_title or "dicom", "study.reopened",
+                         study.study_instance_uid, previous_state=study.state)
+            study.state = StudyState.RECEIVING.value
+            study.closed_at = None
+        study.last_received_at = now
+    modality = attrs.get("Modality", "")
+    if modality and modality not in study.modalities.split("\\"):
+        study.modalities = "\\".join(m for m in (*study.modalities.split("\\"), modality) if m)[:64]
+    if stored.version > 1:
+        session.execute(
+            update(Instance).where(Instance.sop_instance_uid == stored.sop_instance_uid).values(current=False)
+        )
+        audit.record(session, stored.calling_ae_title or "dicom", "instance.new_version",
+                     stored.sop_instance_uid, version=stored.version, study=stored.study_instance_uid)
+    session.add(Instance(
+        sop_instance_uid=stored.sop_instance_uid, version=stored.version,
+        study_instance_uid=stored.study_instance_uid, series_instance_uid=stored.series_instance_uid,
+        sop_class_uid=stored.sop_class_uid, transfer_syntax_uid=stored.transfer_syntax_uid,
+        path=stored.path, sha256=stored.sha256, size=stored.size,
+        calling_ae_title=stored.calling_ae_title, received_at=now, current=True,
+    ))
+
+
+def close_quiet_studies(
+    session: Session, quiet_period_s: float, on_closed: OnStudyClosed, now: datetime | None = None
+) -> list[str]:
+    """Close every receiving study that has been quiet for ``quiet_period_s``; ``on_closed`` runs in
+    the same transaction (it queues the analysis), so a closed study always has its job."""
+    now = now or datetime.now(UTC)
+    cutoff = now - timedelta(seconds=quiet_period_s)
+    studies = session.scalars(
+        select(Study).where(Study.state == StudyState.RECEIVING.value, Study.last_received_at <= cutoff)
+    ).all()
+    for study in studies:
+        study.state = StudyState.QUEUED.value
+        study.closed_at = now
+        study.error = ""
+        on_closed(session, study.study_instance_uid)
+        log.info("study.closed study=%s", study.study_instance_uid)
+    return [s.study_instance_uid for s in studies]

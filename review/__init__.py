@@ -1,0 +1,1 @@
+"""The review queue: study and finding states, radiologists' decisions, sign-off; API routes."""
