@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
+from dicom_gateway.scu import SendResult, send_files
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from dicom_gateway.scu import SendResult, send_files
 from dicom_gateway.spool import write_durably
 from tamsoat.core import audit, queue
 from tamsoat.core.db import Database
@@ -34,7 +34,7 @@ SEND_OUTBOX = JobKind.SEND_OUTBOX.value
 Sender = Callable[[Destination, Sequence[Path], str], list[SendResult]]
 
 
-class RetryLater(Exception):  # noqa: N818 - a signal, not an error
+class RetryLater(Exception):
     """Raised by a task to be run again after ``delay_s`` seconds."""
 
     def __init__(self, message: str, delay_s: float) -> None:
