@@ -27,17 +27,18 @@ OnStudyClosed = Callable[[Session, str], None]
 def record_instance(session: Session, stored: StoredInstance, now: datetime | None = None) -> None:
     """Add a stored instance to its study (creating the study on its first instance)."""
     now = now or datetime.now(UTC)
-    study = session.get(Study, stored.study_instance_uid)
-    if stored.duplicate:
+    if stored.duplicate and _already_recorded(session, stored):
         log.info("instance.duplicate sop=%s study=%s", stored.sop_instance_uid, stored.study_instance_uid)
         return
+    # A duplicate that is not recorded yet: the first store was spooled but its row was not committed.
+    study = session.get(Study, stored.study_instance_uid)
     attrs = stored.attributes
     if study is None:
         study = Study(
             study_instance_uid=stored.study_instance_uid, state=StudyState.RECEIVING.value,
             patient_name=attrs.get("PatientName", "")[:256], patient_id=attrs.get("PatientID", "")[:64],
             accession_number=attrs.get("AccessionNumber", "")[:64], study_date=attrs.get("StudyDate", "")[:8],
-            study_description=attrs.get("StudyDescription", "")[:256],
+            study_description=attrs.get("StudyDescription", "")[:256], modalities="", error="",
             called_ae_title=stored.called_ae_title, first_received_at=now, last_received_at=now,
         )
         session.add(study)
@@ -66,6 +67,13 @@ def record_instance(session: Session, stored: StoredInstance, now: datetime | No
         path=stored.path, sha256=stored.sha256, size=stored.size,
         calling_ae_title=stored.calling_ae_title, received_at=now, current=True,
     ))
+
+
+def _already_recorded(session: Session, stored: StoredInstance) -> bool:
+    return session.scalar(
+        select(Instance.id).where(Instance.sop_instance_uid == stored.sop_instance_uid,
+                                  Instance.version == stored.version)
+    ) is not None
 
 
 def close_quiet_studies(

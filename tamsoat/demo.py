@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 import pydicom
-from dicom_gateway.scu import send_files
-from training.series import write_ct_series, write_ground_truth
 
+from dicom_gateway.scu import send_files
 from tamsoat.core.settings import Destination
 from training.phantom import make_phantom
+from training.series import write_ct_series, write_ground_truth
 
 
 def run_demo(*, host: str, port: int, called_ae: str, calling_ae: str, seed: int, slices: int,

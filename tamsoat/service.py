@@ -6,9 +6,9 @@ import logging
 from typing import Any
 
 import uvicorn
-from dicom_gateway.scp import StorageSCP, StoredInstance
 
 from dicom_gateway.assembly import record_instance
+from dicom_gateway.scp import StorageSCP, StoredInstance
 from dicom_gateway.spool import Spool
 from tamsoat.app import create_app
 from tamsoat.core.db import Database, migrate

@@ -3,7 +3,6 @@ functions; each takes a ``TaskContext``, the job's key and its payload."""
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -13,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from dicom_gateway.scu import SendResult, send_files
 from pydicom.uid import generate_uid
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from dicom_gateway.scu import SendResult, send_files
 from dicom_gateway.spool import write_durably
 from tamsoat.core import audit, queue
 from tamsoat.core.db import Database
@@ -137,7 +136,7 @@ def analyze_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> 
 
 def report_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> None:
     """Write the signed SR for a study and queue it for every destination."""
-    from reporting.sr import build_measurement_report
+    from reporting import build_measurement_report, encode_part10
 
     with ctx.db.session() as s:
         study = s.get(Study, study_uid)
@@ -164,17 +163,13 @@ def report_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> N
             )
             for n, f in enumerate((f for f in analysis.findings if f.decision == "accept"), start=1)
         ]
-        observer = Observer(
-            name=_person_name(signer.display_name or signer.name if signer else study.signed_by),
-            organization=ctx.settings.institution,
-        )
+        observer = Observer(name=(signer.display_name or signer.name) if signer else study.signed_by,
+                            organization=ctx.settings.institution)
     evidence = [pydicom.dcmread(ctx.spool_root / p, stop_before_pixels=True) for p in paths]
     sr = build_measurement_report(evidence, accepted, identity, verifier=observer,
                                   institution=ctx.settings.institution)
     out = ctx.settings.reports_path / study_uid / f"{sr.SOPInstanceUID}.dcm"
-    buf = io.BytesIO()
-    sr.save_as(buf, enforce_file_format=True)
-    write_durably(out, buf.getvalue())
+    write_durably(out, encode_part10(sr))
     with ctx.db.session() as s:
         report = Report(study_instance_uid=study_uid, sop_instance_uid=sr.SOPInstanceUID,
                         sop_class_uid=sr.SOPClassUID, kind="sr", path=str(out), created_at=datetime.now(UTC))
@@ -189,10 +184,6 @@ def report_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> N
         audit.record(s, "system", "report.created", sr.SOPInstanceUID, study=study_uid,
                      findings=len(accepted), destinations=len(ctx.settings.destinations))
     log.info("report.created study=%s sr=%s findings=%d", study_uid, sr.SOPInstanceUID, len(accepted))
-
-
-def _person_name(name: str) -> str:
-    return name.replace(" ", "^") if "^" not in name else name
 
 
 # --- send_outbox ---------------------------------------------------------------------------------

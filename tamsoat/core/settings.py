@@ -49,7 +49,7 @@ class AllowedPeer(BaseModel):
 class DicomSettings(BaseModel):
     ae_title: str = Field(default="TAMSOAT", pattern=AE_TITLE_PATTERN)
     host: str = "0.0.0.0"
-    port: int = Field(default=11112, ge=1, le=65535)
+    port: int = Field(default=11112, ge=0, le=65535, description="0: any free port (tests)")
     max_pdu: int = Field(default=262144, ge=4096)
     max_associations: int = Field(default=16, ge=1)
     allowed_peers: list[AllowedPeer] = Field(

@@ -11,10 +11,10 @@ from typing import Any
 import highdicom as hd
 import pydicom
 import pytest
-from training.series import write_ct_series
 
 from tests.integration.peers import Peer, Service, need
 from training.phantom import make_phantom
+from training.series import write_ct_series
 
 pytestmark = [pytest.mark.dcmtk, pytest.mark.slow]
 

@@ -21,7 +21,9 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_config_show_prints_effective_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("dicom: {port: 2104}\nworkers: 2\ndestinations:\n  - {name: pacs, ae_title: PACS, host: h, port: 1}\n")
+    cfg.write_text(
+        "dicom: {port: 2104}\nworkers: 2\ndestinations:\n  - {name: pacs, ae_title: PACS, host: h, port: 1}\n"
+    )
     monkeypatch.setenv("TAMSOAT_WORKERS", "4")
     result = runner.invoke(app, ["config", "show", "--config", str(cfg)])
     assert result.exit_code == 0, result.output

@@ -1,0 +1,361 @@
+"""The durable spool: received instances as DICOM Part-10 files on local (or shared) disk.
+
+Layout under ``root``::
+
+    <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm        version 1
+    <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.v2.dcm     version 2 (other content)
+    .index/<xx>/<SOPInstanceUID>                                       versions of one SOP Instance UID
+
+Every file is written to a temporary name in its target directory, fsynced, renamed into place
+and the directory fsynced before :meth:`Spool.store` returns; a final name never holds a partial
+file. The per-SOP index (also replaced atomically) lists the versions already stored, so a re-sent
+instance is recognised as a duplicate (same content) or stored as a new version (other content),
+even when it arrives under another study or series. The index is written after the data file: a
+crash in between leaves an unindexed file that no peer was ever told was stored, which a later
+store of the same instance may overwrite.
+
+Content identity is the SHA-256 of the data set bytes exactly as received (without the File Meta
+Information, which we write ourselves), so the same instance re-sent by another AE is still a
+duplicate.
+
+Concurrency: stores of the same SOP Instance UID are serialised with ``fcntl.flock`` on a per-shard
+lock file, which works between threads and between gateway processes sharing the spool.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.dataset import FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import UID
+
+from dicom_gateway.uids import (
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    validate_uid,
+)
+
+__all__ = [
+    "OutOfResourcesError",
+    "Spool",
+    "SpoolError",
+    "SpoolFullError",
+    "SpoolIOError",
+    "SpooledFile",
+    "part10_header",
+    "write_durably",
+]
+
+LOG = logging.getLogger(__name__)
+
+PREAMBLE = b"\x00" * 128 + b"DICM"
+TEMP_SUFFIX = ".partial"
+INDEX_DIR = ".index"
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+class OutOfResourcesError(Exception):
+    """A transient lack of local resources (disk, quota, I/O). The SCP answers 0xA7xx so the sender
+    retries later. An :data:`~dicom_gateway.scp.InstanceSink` may raise it (or a subclass) too."""
+
+
+class SpoolError(Exception):
+    """Base class of the spool's own errors."""
+
+
+class SpoolFullError(SpoolError, OutOfResourcesError):
+    """The spool's file system is full or the quota is exhausted (ENOSPC / EDQUOT)."""
+
+
+class SpoolIOError(SpoolError, OutOfResourcesError):
+    """Any other operating-system error while writing to the spool."""
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """The result of :meth:`Spool.store`.
+
+    ``sha256`` is over the data set bytes as received (content identity); ``size`` is the size of
+    the Part-10 file on disk; ``version`` is 1 for the first content seen for this SOP Instance UID.
+    """
+
+    path_relative: str
+    sha256: str
+    size: int
+    duplicate: bool
+    version: int
+
+
+@dataclass(frozen=True)
+class _IndexEntry:
+    version: int
+    sha256: str
+    size: int
+    path_relative: str
+
+
+def part10_header(
+    *,
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str | None = None,
+) -> bytes:
+    """Preamble, ``DICM`` prefix and the encoded File Meta Information for one instance."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    title = (source_ae_title or "").strip()
+    if title:
+        meta.SourceApplicationEntityTitle = title
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    write_file_meta_info(buf, meta, enforce_standard=True)
+    return PREAMBLE + buf.getvalue()
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs(base: Path, parts: tuple[str, ...], fsync: bool) -> None:
+    """Create ``base/parts...`` level by level, fsyncing each parent that got a new entry."""
+    current = base
+    for part in parts:
+        child = current / part
+        if not child.is_dir():
+            try:
+                child.mkdir(mode=_DIR_MODE)
+            except FileExistsError:
+                pass
+            else:
+                if fsync:
+                    _fsync_dir(current)
+        current = child
+
+
+def _write_atomic(target: Path, chunks: tuple[bytes, ...], fsync: bool) -> int:
+    """Write ``chunks`` to ``target`` via a temp file in the same directory, fsync it, rename it
+    into place and fsync the directory. Returns the number of bytes written. A failure leaves
+    neither the temp file nor anything at ``target`` (an existing ``target`` is kept as it was)."""
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(8)}{TEMP_SUFFIX}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+    try:
+        try:
+            size = 0
+            for chunk in chunks:
+                _write_all(fd, chunk)
+                size += len(chunk)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        _fsync_dir(target.parent)
+    return size
+
+
+def write_durably(path: Path, data: bytes, *, fsync: bool = True) -> None:
+    """Write ``data`` to ``path`` the way the spool does (temp file, fsync, rename, fsync dir),
+    creating missing parent directories. For files the service produces itself (e.g. reports).
+
+    Raises :class:`SpoolFullError` when the disk is full, :class:`SpoolIOError` on other I/O errors.
+    """
+    target = Path(path).absolute()
+    try:
+        missing: list[str] = []
+        base = target.parent
+        while not base.is_dir():
+            missing.insert(0, base.name)
+            base = base.parent
+        _make_dirs(base, tuple(missing), fsync)
+        _write_atomic(target, (data,), fsync)
+    except OSError as exc:
+        raise _io_error(exc, f"writing {target.name}") from exc
+
+
+def _is_full(exc: OSError) -> bool:
+    return exc.errno in _FULL_ERRNOS
+
+
+def _io_error(exc: OSError, what: str) -> SpoolError:
+    if _is_full(exc):
+        return SpoolFullError(f"spool full while {what}: {os.strerror(exc.errno or 0)}")
+    return SpoolIOError(f"spool I/O error while {what}: {exc.strerror or exc}")
+
+
+class Spool:
+    """A durable store of received instances under ``root``.
+
+    ``fsync=False`` skips the fsync calls (tests, throw-away spools); never in production.
+    """
+
+    def __init__(self, root: Path, fsync: bool = True) -> None:
+        self.root = Path(root).resolve()
+        self.fsync = fsync
+        self.root.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
+
+    # -- public API -------------------------------------------------------------------------------
+    def store(
+        self,
+        encoded: bytes,
+        *,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        transfer_syntax_uid: str,
+        source_ae_title: str | None = None,
+    ) -> SpooledFile:
+        """Store one data set, encoded exactly as received in ``transfer_syntax_uid``.
+
+        Returns once the file (and its index entry) is durable. Raises
+        :class:`~dicom_gateway.uids.InvalidUIDError` for a malformed UID (nothing is written),
+        :class:`SpoolFullError` when the disk is full and :class:`SpoolIOError` on other I/O errors.
+        """
+        sop_class = validate_uid(sop_class_uid, "SOPClassUID")
+        sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
+        study = validate_uid(study_instance_uid, "StudyInstanceUID")
+        series = validate_uid(series_instance_uid, "SeriesInstanceUID")
+        tsyntax = validate_uid(transfer_syntax_uid, "TransferSyntaxUID")
+
+        digest = hashlib.sha256(encoded).hexdigest()
+        header = part10_header(
+            sop_class_uid=sop_class,
+            sop_instance_uid=sop,
+            transfer_syntax_uid=tsyntax,
+            source_ae_title=source_ae_title,
+        )
+        shard = hashlib.sha256(sop.encode("ascii")).hexdigest()[:2]
+        index_dir = self.root / INDEX_DIR / shard
+        series_parts = (study, series)
+
+        try:
+            _make_dirs(self.root, (INDEX_DIR, shard), self.fsync)
+            with self._locked(index_dir):
+                entries = self._read_index(index_dir / sop)
+                for entry in entries:
+                    if entry.sha256 == digest:
+                        target = self.root / entry.path_relative
+                        if not target.is_file():
+                            # Known content whose file was removed: put it back where it was.
+                            _make_dirs(self.root, tuple(Path(entry.path_relative).parent.parts), self.fsync)
+                            _write_atomic(target, (header, encoded), self.fsync)
+                        LOG.info("spool.duplicate sop=%s version=%d", sop, entry.version)
+                        return SpooledFile(entry.path_relative, digest, entry.size, True, entry.version)
+
+                version = max((e.version for e in entries), default=0) + 1
+                name = f"{sop}.dcm" if version == 1 else f"{sop}.v{version}.dcm"
+                rel = f"{study}/{series}/{name}"
+                _make_dirs(self.root, series_parts, self.fsync)
+                size = _write_atomic(self.root / rel, (header, encoded), self.fsync)
+                entries.append(_IndexEntry(version, digest, size, rel))
+                self._write_index(index_dir / sop, entries)
+        except OSError as exc:
+            raise _io_error(exc, f"storing sop={sop}") from exc
+
+        if version > 1:
+            LOG.warning("spool.new_version sop=%s version=%d", sop, version)
+        return SpooledFile(rel, digest, size, False, version)
+
+    def recover(self, older_than_s: float = 0.0) -> int:
+        """Remove temporary files left by an interrupted store; return how many were removed.
+
+        Call at start-up before serving. On a spool shared by several gateways pass
+        ``older_than_s`` (e.g. 3600) so another instance's in-flight files are left alone.
+        """
+        removed = 0
+        cutoff = time.time() - older_than_s
+        for dirpath, _dirnames, filenames in os.walk(self.root):
+            for fname in filenames:
+                if not (fname.startswith(".") and fname.endswith(TEMP_SUFFIX)):
+                    continue
+                path = Path(dirpath) / fname
+                try:
+                    if older_than_s > 0 and path.stat().st_mtime > cutoff:
+                        continue
+                    path.unlink()
+                    removed += 1
+                except FileNotFoundError:
+                    continue
+        if removed:
+            LOG.warning("spool.recovered temp_files_removed=%d", removed)
+        return removed
+
+    def path(self, path_relative: str) -> Path:
+        """The absolute path of a stored file; refuses anything that leaves the spool root."""
+        candidate = (self.root / path_relative).resolve()
+        if not candidate.is_relative_to(self.root) or candidate == self.root:
+            raise ValueError("path is outside the spool")
+        return candidate
+
+    def versions(self, sop_instance_uid: str) -> list[SpooledFile]:
+        """Every stored version of one SOP Instance UID, oldest first (from the index)."""
+        sop = validate_uid(sop_instance_uid, "SOPInstanceUID")
+        shard = hashlib.sha256(sop.encode("ascii")).hexdigest()[:2]
+        entries = self._read_index(self.root / INDEX_DIR / shard / sop)
+        return [SpooledFile(e.path_relative, e.sha256, e.size, False, e.version) for e in entries]
+
+    # -- internals --------------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self, index_dir: Path) -> Iterator[None]:
+        fd = os.open(index_dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    @staticmethod
+    def _read_index(path: Path) -> list[_IndexEntry]:
+        try:
+            text = path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in text.splitlines():
+            fields = line.split(" ")
+            if len(fields) != 4:
+                continue
+            version, digest, size, rel = fields
+            entries.append(_IndexEntry(int(version), digest, int(size), rel))
+        return entries
+
+    def _write_index(self, path: Path, entries: list[_IndexEntry]) -> None:
+        text = "".join(f"{e.version} {e.sha256} {e.size} {e.path_relative}\n" for e in entries)
+        _write_atomic(path, (text.encode("ascii"),), self.fsync)

@@ -1,0 +1,245 @@
+"""The durable spool: layout, atomic writes, duplicates, versions, UID safety, disk full, recovery."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+import dicom_gateway.spool as spool_mod
+from dicom_gateway.spool import TEMP_SUFFIX, Spool, SpoolFullError, SpoolIOError
+from dicom_gateway.uids import InvalidUIDError
+from tests.dicom_gateway.gateway_helpers import dataset_bytes, make_ct_dataset
+
+
+def encode(seed: int = 0, **kwargs: str) -> tuple[bytes, dict[str, str]]:
+    ds = make_ct_dataset(seed=seed, **kwargs)
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = False
+    write_dataset(buf, ds)
+    uids = {
+        "sop_class_uid": CTImageStorage,
+        "sop_instance_uid": ds.SOPInstanceUID,
+        "study_instance_uid": ds.StudyInstanceUID,
+        "series_instance_uid": ds.SeriesInstanceUID,
+        "transfer_syntax_uid": ExplicitVRLittleEndian,
+    }
+    return buf.getvalue(), uids
+
+
+def all_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file())
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in all_files(root) if p.name.endswith(TEMP_SUFFIX)]
+
+
+def test_store_writes_part10_with_dataset_as_received(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    data, uids = encode()
+    result = spool.store(data, source_ae_title="MODALITY", **uids)
+
+    assert result.path_relative == (
+        f"{uids['study_instance_uid']}/{uids['series_instance_uid']}/{uids['sop_instance_uid']}.dcm"
+    )
+    assert result.version == 1 and not result.duplicate
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    path = spool.path(result.path_relative)
+    raw = path.read_bytes()
+    assert raw[:128] == b"\x00" * 128 and raw[128:132] == b"DICM"
+    assert dataset_bytes(path) == data
+    assert result.size == len(raw)
+    ds = dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert ds.file_meta.MediaStorageSOPInstanceUID == uids["sop_instance_uid"]
+    assert ds.file_meta.SourceApplicationEntityTitle == "MODALITY"
+    assert ds.SOPInstanceUID == uids["sop_instance_uid"]
+    assert temp_files(spool.root) == []
+
+
+def test_duplicate_same_content_is_not_rewritten(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    first = spool.store(data, **uids)
+    path = spool.path(first.path_relative)
+    mtime = path.stat().st_mtime_ns
+    second = spool.store(data, source_ae_title="OTHER", **uids)
+    assert second.duplicate and second.version == 1
+    assert second.path_relative == first.path_relative
+    assert path.stat().st_mtime_ns == mtime
+    dcm_files = [p for p in all_files(spool.root) if p.suffix == ".dcm"]
+    assert dcm_files == [path]
+
+
+def test_same_uid_other_content_is_a_new_version(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data1, uids = encode(seed=1)
+    data2, _ = encode(
+        seed=2,
+        sop_uid=uids["sop_instance_uid"],
+        study_uid=uids["study_instance_uid"],
+        series_uid=uids["series_instance_uid"],
+    )
+    assert data1 != data2
+    first = spool.store(data1, **uids)
+    second = spool.store(data2, **uids)
+    assert not second.duplicate and second.version == 2
+    assert second.path_relative.endswith(f"{uids['sop_instance_uid']}.v2.dcm")
+    assert dataset_bytes(spool.path(first.path_relative)) == data1
+    assert dataset_bytes(spool.path(second.path_relative)) == data2
+    # Re-sending either content again is a duplicate of its own version.
+    assert spool.store(data1, **uids).version == 1
+    again = spool.store(data2, **uids)
+    assert again.duplicate and again.version == 2
+    assert [v.version for v in spool.versions(uids["sop_instance_uid"])] == [1, 2]
+
+
+def test_versions_are_per_sop_uid_across_studies(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data1, uids = encode(seed=1)
+    spool.store(data1, **uids)
+    data2, uids2 = encode(seed=2, sop_uid=uids["sop_instance_uid"])  # same SOP UID, new study
+    result = spool.store(data2, **uids2)
+    assert result.version == 2
+    assert result.path_relative.startswith(uids2["study_instance_uid"] + "/")
+
+
+def test_restores_a_known_version_whose_file_was_removed(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    first = spool.store(data, **uids)
+    spool.path(first.path_relative).unlink()
+    again = spool.store(data, **uids)
+    assert again.duplicate and again.version == 1
+    assert dataset_bytes(spool.path(first.path_relative)) == data
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../../etc", "1.2/../../x", "1.2.3/4", "", "1..2", "1.02", "01.2", ".1.2", "1.2.", "1.2.a", "1" * 65,
+     "/1.2", "1.2\\1.3"],
+)
+def test_invalid_uid_never_becomes_a_path(tmp_path: Path, bad: str) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"):
+        with pytest.raises(InvalidUIDError):
+            spool.store(data, **{**uids, key: bad})
+    assert all_files(spool.root) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
+
+
+def test_path_refuses_to_leave_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    with pytest.raises(ValueError):
+        spool.path("../outside.dcm")
+    with pytest.raises(ValueError):
+        spool.path("/etc/passwd")
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT])
+def test_disk_full_raises_spool_full_and_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int
+) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+
+    def full(fd: int, chunk: bytes | memoryview) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(spool_mod, "_write_all", full)
+    with pytest.raises(SpoolFullError):
+        spool.store(data, **uids)
+    assert [p for p in all_files(spool.root) if p.name != ".lock"] == []
+    monkeypatch.undo()
+    assert spool.store(data, **uids).version == 1  # nothing half-recorded in the index
+
+
+def test_other_io_error_is_spool_io_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+
+    def broken(fd: int, chunk: bytes | memoryview) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(spool_mod, "_write_all", broken)
+    with pytest.raises(SpoolIOError):
+        spool.store(data, **uids)
+    assert temp_files(spool.root) == []
+
+
+def test_recover_removes_stale_temp_files_only(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    stored = spool.store(data, **uids)
+    target_dir = spool.path(stored.path_relative).parent
+    stale = target_dir / f".{uids['sop_instance_uid']}.dcm.0123456789abcdef{TEMP_SUFFIX}"
+    stale.write_bytes(b"partial")
+    other = target_dir / "keep.txt"
+    other.write_text("x")
+    assert spool.recover() == 1
+    assert not stale.exists() and other.exists()
+    assert spool.path(stored.path_relative).is_file()
+
+
+def test_recover_with_age_keeps_fresh_temp_files(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    fresh = spool.root / f".x.dcm.00{TEMP_SUFFIX}"
+    fresh.write_bytes(b"in flight")
+    assert spool.recover(older_than_s=3600) == 0
+    assert fresh.exists()
+
+
+def test_concurrent_stores_of_one_instance_give_one_file(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda _: spool.store(data, **uids), range(16)))
+    assert sum(not r.duplicate for r in results) == 1
+    assert {r.version for r in results} == {1}
+    assert len([p for p in all_files(spool.root) if p.suffix == ".dcm"]) == 1
+
+
+def test_new_uids_generated_are_valid() -> None:
+    from dicom_gateway.uids import IMPLEMENTATION_CLASS_UID, is_valid_uid
+
+    assert is_valid_uid(IMPLEMENTATION_CLASS_UID)
+    assert is_valid_uid(str(generate_uid()))
+
+
+def test_write_durably_creates_parents_and_replaces_atomically(tmp_path: Path) -> None:
+    from dicom_gateway.spool import write_durably
+
+    target = tmp_path / "reports" / "1.2.3" / "sr.dcm"
+    write_durably(target, b"first")
+    assert target.read_bytes() == b"first"
+    write_durably(target, b"second")
+    assert target.read_bytes() == b"second"
+    assert temp_files(tmp_path) == []
+
+
+def test_write_durably_disk_full_keeps_old_content(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dicom_gateway.spool import write_durably
+
+    target = tmp_path / "out.dcm"
+    write_durably(target, b"old")
+
+    def full(fd: int, chunk: bytes | memoryview) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_mod, "_write_all", full)
+    with pytest.raises(SpoolFullError):
+        write_durably(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert temp_files(tmp_path) == []
