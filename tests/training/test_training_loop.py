@@ -1,0 +1,94 @@
+"""Tiny end-to-end training: steps, checkpoints, resume, ONNX export with parity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import yaml
+
+from training.config import load_config
+from training.dataset import PatchSampler, build_cache
+from training.export import export_onnx, load_trained, sha256_file
+from training.network import NoduleNet
+from training.train import LAST, train
+
+TINY = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    out = tmp_path_factory.mktemp("tiny")
+    return out, train(TINY, out, resume=False)
+
+
+def test_network_is_fully_convolutional() -> None:
+    net = NoduleNet((4, 8, 8)).eval()
+    with torch.inference_mode():
+        for shape in [(16, 24, 32), (40, 8, 16)]:
+            assert net(torch.zeros(1, 1, *shape)).shape == (1, 1, *shape)
+
+
+def test_patches_have_labels_where_the_nodules_are(tmp_path: Path) -> None:
+    cfg = load_config(TINY)
+    cases = build_cache(cfg.data, tmp_path, [cfg.data.seed_offset])
+    sampler = PatchSampler(cases, cfg.sampling.model_copy(update={"nodule_fraction": 1.0, "vessel_fraction": 0.0}),
+                           np.random.default_rng(0))
+    images, labels = sampler.batch(4)
+    assert images.shape == labels.shape == (4, 1, *cfg.sampling.patch_size)
+    assert all(labels[b].sum() > 0 for b in range(4))
+    # Labelled voxels are nodule tissue, far brighter than lung (-850 HU): above -700 HU on average.
+    window = cfg.data.window_hu
+    assert images[labels > 0].mean() > (-700.0 - window[0]) / (window[1] - window[0])
+
+
+def test_tiny_training_writes_checkpoint_and_metrics(tiny_run: tuple[Path, Path]) -> None:
+    out, best = tiny_run
+    cfg = load_config(TINY)
+    assert best.exists() and (out / LAST).exists()
+    state = torch.load(out / LAST, weights_only=False)
+    assert state["step"] == cfg.steps
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if "loss" in r] == list(range(cfg.log_every, cfg.steps + 1, cfg.log_every))
+    assert any("val_dice" in r for r in records)
+    assert all(np.isfinite(r.get("loss", 0.0)) for r in records)
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    out, _ = tiny_run
+    data = yaml.safe_load(TINY.read_text())
+    data["steps"] = data["steps"] + 3
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(yaml.safe_dump(data))
+    before = len((out / "metrics.jsonl").read_text().splitlines())
+    train(longer, out, resume=True)
+    assert "resumed from" in capsys.readouterr().out
+    assert torch.load(out / LAST, weights_only=False)["step"] == data["steps"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) > before  # appended, not restarted
+    assert [r["step"] for r in records if "loss" in r][-1] == data["steps"]
+
+
+def test_export_writes_onnx_matching_pytorch(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, best = tiny_run
+    model = export_onnx(best, tmp_path / "model", model_id="lung-nodule-phantom", version="0.0.1")
+    manifest = yaml.safe_load((model.parent / "manifest.yaml").read_text())
+    assert manifest["files"]["model.onnx"] == sha256_file(model)
+    assert manifest["device_uid"].startswith("2.25.")
+    assert manifest["input"]["divisible_by"] == NoduleNet.stride
+    assert (model.parent / "model_card.md").read_text().count("NOT for clinical use") == 1
+    net, _, _ = load_trained(best)
+    x = np.random.default_rng(0).random((1, 1, 24, 40, 56), dtype=np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"image": x})[0]
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert got.shape == expected.shape
+    assert np.max(np.abs(got - expected)) < 1e-3
+    again = export_onnx(best, tmp_path / "model2", model_id="lung-nodule-phantom", version="0.0.1")
+    assert yaml.safe_load((again.parent / "manifest.yaml").read_text())["device_uid"] != manifest["device_uid"]
