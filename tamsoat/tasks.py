@@ -58,8 +58,11 @@ class TaskContext:
         """The inference engine, built on first use (the web process never needs it)."""
         with self._lock:
             if self._analyzer is None:
-                from inference.engine import Engine
+                import torch
 
+                from inference.pipeline import Engine
+
+                torch.set_num_threads(self.settings.inference_threads)  # process-wide: resampling uses torch
                 self._analyzer = Engine(self.settings.models_dir, self.settings.routing_file,
                                         threads=self.settings.inference_threads)
             return self._analyzer

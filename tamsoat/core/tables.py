@@ -171,6 +171,9 @@ class OutboxItem(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column()
     sent_at: Mapped[datetime | None] = mapped_column()
+    # Storage commitment: the N-ACTION transaction UID while waiting, and when the peer committed.
+    commitment_uid: Mapped[str] = mapped_column(UID, default="", server_default="")
+    committed_at: Mapped[datetime | None] = mapped_column()
 
     __table_args__ = (UniqueConstraint("destination", "report_id", name="uq_outbox_dest_report"),)
 

@@ -7,14 +7,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from factory_dicom import write_volume
 from factory_model import threshold_model, write_model_folder
 
 from inference.dicom_series import load_series
-from inference.pipeline import analyze_series
+from inference.pipeline import Engine, analyze_series
 from inference.registry import LoadedModel, Registry
+from inference.routing import RoutingError
 from inference.volume import Volume
+from tamsoat.core.settings import PACKAGE_DEFAULTS
 
 LUNG_HU, NODULE_HU = -800.0, 40.0
 
@@ -107,3 +110,31 @@ def test_phantom_series_round_trips(tmp_path: Path) -> None:
     np.testing.assert_allclose(volume.affine, phantom.volume.affine, atol=1e-4)
     # The writer stores integers and clips air below -1024 HU.
     np.testing.assert_allclose(volume.array, np.maximum(phantom.volume.array, -1024.0), atol=1.0)
+
+
+def test_engine_routes_a_study_and_analyses_the_chosen_series(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    write_model_folder(models, build=threshold_model)
+    engine = Engine(models, PACKAGE_DEFAULTS / "routing.yaml", threads=1)
+    ct_paths, centre_mm = _sphere_series(tmp_path / "ct", (30.0, 30.0, 20.0), 4.0)
+    scout = write_volume(tmp_path / "scout", np.zeros((3, 8, 8)), description="Topogram", shuffle_seed=None)
+    broken = tmp_path / "broken.dcm"
+    broken.write_bytes(b"garbage")
+    ct_uid = str(pydicom.dcmread(ct_paths[0], stop_before_pixels=True).SeriesInstanceUID)
+    scout_uid = str(pydicom.dcmread(scout[0], stop_before_pixels=True).SeriesInstanceUID)
+    study = {ct_uid: [(p, "sha") for p in ct_paths], scout_uid: scout, "9.9.9": [broken]}
+    outcome = engine.analyze_study(study)
+    assert outcome is not None
+    assert outcome.rule_name == "chest-ct-lung-nodules"
+    assert outcome.result.series_instance_uid == ct_uid
+    assert len(outcome.result.detections) == 1
+    assert np.linalg.norm(np.array(outcome.result.detections[0].center_mm) - centre_mm) < 1.25
+    assert "excluded" in outcome.skipped[scout_uid]
+    assert outcome.skipped["9.9.9"].startswith("unreadable: broken.dcm is not a readable DICOM file")
+    assert engine.analyze_study({scout_uid: scout}) is None
+
+
+def test_engine_refuses_rules_for_unknown_models(tmp_path: Path) -> None:
+    (tmp_path / "models").mkdir()
+    with pytest.raises(RoutingError, match=r"routing rule 'chest-ct-lung-nodules' cannot be used: no model"):
+        Engine(tmp_path / "models", PACKAGE_DEFAULTS / "routing.yaml")

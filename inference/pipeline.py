@@ -1,0 +1,201 @@
+"""One series through the model: read -> volume -> resample -> inference -> findings.
+
+``Engine`` is the facade the job runner uses: route a study to a model and a series, analyse it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from inference.dicom_series import (
+    MIN_SLICES,
+    SeriesError,
+    build_volume,
+    read_headers,
+    read_instances,
+    series_sha256,
+    stack_geometry,
+)
+from inference.postprocess import detections_from_output
+from inference.preprocess import normalize_hu, resample
+from inference.registry import LoadedModel, Registry
+from inference.routing import Router, RoutingDecision, RoutingError
+from inference.runners import sliding_window_predict
+from inference.volume import Volume
+from tamsoat.core.domain import Detection, ModelIdentity, Point3
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """What the model found in one series, and enough about the series to report on it.
+
+    ``slice_sop_instance_uids[k]`` is the image at slice index k of the source volume, whose
+    voxel -> patient mapping is ``source_affine``; ``nearest_slice`` uses both to tie a finding
+    to an image. ``timings`` are seconds per stage: read (files, hashes, parsing), volume
+    (geometry checks, decoding to HU), resample (to the model spacing, and intensity window),
+    inference, postprocess, and total.
+    """
+
+    series_instance_uid: str
+    identity: ModelIdentity
+    detections: tuple[Detection, ...]
+    input_sha256: str
+    timings: dict[str, float]
+    frame_of_reference_uid: str
+    slice_sop_instance_uids: tuple[str, ...]
+    source_affine: tuple[tuple[float, ...], ...]
+
+    def nearest_slice(self, point_mm: Point3) -> tuple[int, str]:
+        """The source slice index nearest to a patient point, and that image's SOP Instance UID."""
+        source = Volume(array=np.empty((0, 0, 0), dtype=np.float32), affine=np.array(self.source_affine))
+        k = int(np.clip(round(float(source.patient_to_index(point_mm)[2])), 0,
+                        len(self.slice_sop_instance_uids) - 1))
+        return k, self.slice_sop_instance_uids[k]
+
+
+class _Stopwatch:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - t0
+
+    def total(self) -> dict[str, float]:
+        return {**self.timings, "total": time.perf_counter() - self._start}
+
+
+def analyze_series(
+    paths: Sequence[Path], model: LoadedModel, *, min_slices: int = MIN_SLICES, batch_size: int = 1
+) -> AnalysisResult:
+    """Analyse the instance files of one series with a loaded model.
+
+    Raises ``SeriesError`` when the files do not form a clean volume, ``RunnerError`` when the
+    model fails. Large intermediate arrays are released as soon as the next stage has its input.
+    """
+    manifest = model.manifest
+    clock = _Stopwatch()
+    with clock.stage("read"):
+        instances = read_instances(paths)
+        input_sha256 = series_sha256(instances)
+    with clock.stage("volume"):
+        headers = [inst.dataset for inst in instances]
+        geometry = stack_geometry(headers, min_slices)
+        volume = build_volume(instances, min_slices, geometry=geometry)
+        first = headers[geometry.order[0]]
+        series_uid = str(first.get("SeriesInstanceUID", ""))
+        frame_uid = str(first.get("FrameOfReferenceUID", ""))
+        sop_uids = tuple(str(headers[n].get("SOPInstanceUID", "")) for n in geometry.order)
+        del instances, headers, first
+    with clock.stage("resample"):
+        resampled = resample(volume, manifest.input.spacing_mm)
+        del volume
+        grid = Volume(
+            array=normalize_hu(resampled.array, manifest.input.window_hu), affine=resampled.affine
+        )
+        del resampled
+    with clock.stage("inference"):
+        output = sliding_window_predict(
+            model.predictor,
+            grid.array,
+            patch_size=manifest.input.patch_size,
+            overlap=manifest.input.overlap,
+            divisible_by=manifest.input.divisible_by,
+            batch_size=batch_size,
+        )
+    with clock.stage("postprocess"):
+        detections = detections_from_output(
+            output,
+            grid,
+            threshold=manifest.output.threshold,
+            min_diameter_mm=manifest.output.min_diameter_mm,
+            kind=manifest.output.kind,
+            label=manifest.output.label.meaning,
+        )
+        del output
+    return AnalysisResult(
+        series_instance_uid=series_uid,
+        identity=model.identity,
+        detections=tuple(detections),
+        input_sha256=input_sha256,
+        timings=clock.total(),
+        frame_of_reference_uid=frame_uid,
+        slice_sop_instance_uids=sop_uids,
+        source_affine=tuple(tuple(float(v) for v in row) for row in geometry.affine),
+    )
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """The routing decision for a study and the analysis of the series it chose."""
+
+    rule_name: str
+    decision: RoutingDecision
+    result: AnalysisResult
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+SeriesFiles = Mapping[str, Sequence[Path] | Sequence[tuple[Path, str]]]
+
+
+def _paths(files: Sequence[Path] | Sequence[tuple[Path, str]]) -> list[Path]:
+    return [Path(f[0]) if isinstance(f, tuple) else Path(f) for f in files]
+
+
+class Engine:
+    """Routing rules + model registry + pipeline, built once per worker process.
+
+    The rules and every manifest are validated here (start-up); each model is verified and
+    loaded the first time a study needs it, then reused.
+    """
+
+    def __init__(self, models_dir: Path, routing_file: Path, threads: int = 1) -> None:
+        self.registry = Registry(models_dir)
+        self.router = Router.from_file(routing_file)
+        self.threads = threads
+        for rule in self.router.rules.rules:
+            try:
+                self.registry.get(rule.model, rule.model_version)
+            except LookupError as exc:
+                raise RoutingError(f"routing rule {rule.name!r} cannot be used: {exc}") from exc
+
+    def route_study(self, series: SeriesFiles) -> tuple[RoutingDecision | None, dict[str, str]]:
+        """The routing decision for a study (series UID -> files), and why other series were skipped."""
+        headers: dict[str, list[Dataset]] = {}
+        unreadable: dict[str, str] = {}
+        for uid, files in series.items():
+            try:
+                headers[uid] = read_headers(_paths(files))
+            except SeriesError as exc:
+                unreadable[uid] = f"unreadable: {exc}"
+        decision, skipped = self.router.evaluate(headers)
+        return decision, {**skipped, **unreadable}
+
+    def analyze_study(self, series: SeriesFiles) -> StudyOutcome | None:
+        """Route a study and analyse the chosen series; None when no rule fits any series.
+
+        ``series`` maps SeriesInstanceUID to its files (paths, or (path, sha256) pairs).
+        """
+        decision, skipped = self.route_study(series)
+        for uid, reason in skipped.items():
+            log.info("routing.series_skipped series=%s reason=%s", uid, reason)
+        if decision is None:
+            return None
+        model = self.registry.load(decision.model_id, decision.model_version, threads=self.threads)
+        result = analyze_series(_paths(series[decision.series_instance_uid]), model)
+        return StudyOutcome(rule_name=decision.rule_name, decision=decision, result=result, skipped=skipped)

@@ -1,0 +1,149 @@
+"""The model registry: ``models/<id>/<version>/manifest.yaml``, verified and loaded once.
+
+``Registry`` scans the folder at construction (every manifest validated, so a bad one fails at
+start-up); ``get`` picks a version (newest by semantic version unless one is named); ``verify``
+recomputes the sha256 of every listed file; ``load`` verifies and builds the runner once per
+model version and hands out the same ``LoadedModel`` afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from inference.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, version_key
+from inference.runners import OnnxPredictor, Predictor
+from tamsoat.core.domain import ModelIdentity
+
+_CHUNK = 1 << 20
+
+
+class ModelNotFoundError(LookupError):
+    """No registered model has the requested id or version."""
+
+
+class ModelIntegrityError(RuntimeError):
+    """A model file is missing or its content differs from the manifest's sha256."""
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A manifest and the folder it lives in."""
+
+    manifest: Manifest
+    directory: Path
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self.manifest.identity()
+
+    @property
+    def model_path(self) -> Path:
+        return self.directory / self.manifest.model_file
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model, ready to run: its manifest, its identity and its predictor."""
+
+    manifest: Manifest
+    identity: ModelIdentity
+    predictor: Predictor
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(model: RegisteredModel) -> None:
+    """Recompute the sha256 of every file the manifest lists; raise on the first difference."""
+    label = f"model {model.manifest.id} {model.manifest.version}"
+    for name, expected in model.manifest.files.items():
+        path = model.directory / name
+        if not path.is_file():
+            raise ModelIntegrityError(f"{label}: file {name} listed in the manifest is missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ModelIntegrityError(
+                f"{label}: file {name} has sha256 {actual}, but the manifest says {expected}"
+            )
+
+
+class Registry:
+    """The models under ``models_dir``, keyed by id and version."""
+
+    def __init__(self, models_dir: Path) -> None:
+        self.models_dir = Path(models_dir)
+        self._models: dict[str, dict[str, RegisteredModel]] = {}
+        self._loaded: dict[tuple[str, str, int], LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._scan()
+
+    def _scan(self) -> None:
+        if not self.models_dir.is_dir():
+            raise ManifestError(f"models folder {self.models_dir} does not exist")
+        for path in sorted(self.models_dir.glob(f"*/*/{MANIFEST_NAME}")):
+            manifest = load_manifest(path)
+            model_dir = path.parent
+            if (manifest.id, manifest.version) != (model_dir.parent.name, model_dir.name):
+                raise ManifestError(
+                    f"manifest {path} declares {manifest.id} {manifest.version} but lives in "
+                    f"{model_dir.parent.name}/{model_dir.name}"
+                )
+            self._models.setdefault(manifest.id, {})[manifest.version] = RegisteredModel(manifest, model_dir)
+
+    def model_ids(self) -> list[str]:
+        return sorted(self._models)
+
+    def versions(self, model_id: str) -> list[str]:
+        """The registered versions of ``model_id``, oldest first."""
+        return sorted(self._models.get(model_id, {}), key=version_key)
+
+    def get(self, model_id: str, version: str | None = None) -> RegisteredModel:
+        """The named version of ``model_id``, or its newest one."""
+        versions = self._models.get(model_id)
+        if not versions:
+            known = ", ".join(self.model_ids()) or "none"
+            raise ModelNotFoundError(f"no model {model_id!r} in {self.models_dir} (registered: {known})")
+        if version is None:
+            return versions[self.versions(model_id)[-1]]
+        if version not in versions:
+            raise ModelNotFoundError(
+                f"model {model_id!r} has no version {version!r} (registered: {', '.join(self.versions(model_id))})"
+            )
+        return versions[version]
+
+    def verify(self, model_id: str, version: str | None = None) -> RegisteredModel:
+        """Check the files of a model against its manifest; return it when they match."""
+        model = self.get(model_id, version)
+        verify_files(model)
+        return model
+
+    def load(self, model_id: str, version: str | None = None, threads: int = 1) -> LoadedModel:
+        """Verify and load a model once; later calls return the same ``LoadedModel``. Thread-safe."""
+        model = self.get(model_id, version)
+        key = (model.manifest.id, model.manifest.version, threads)
+        with self._lock:
+            loaded = self._loaded.get(key)
+            if loaded is None:
+                verify_files(model)
+                loaded = LoadedModel(
+                    manifest=model.manifest,
+                    identity=model.identity,
+                    predictor=create_predictor(model, threads),
+                )
+                self._loaded[key] = loaded
+        return loaded
+
+
+def create_predictor(model: RegisteredModel, threads: int = 1) -> Predictor:
+    """The runner for the manifest's runtime."""
+    if model.manifest.runtime == "onnx":
+        return OnnxPredictor(model.model_path, threads=threads)
+    raise ManifestError(f"runtime {model.manifest.runtime!r} is not supported")  # pragma: no cover
