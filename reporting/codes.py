@@ -51,6 +51,11 @@ VOLUME = CodedConcept.from_code(codes.SCT.Volume)  # (118565006, SCT)
 #: an extensible DCID, so the same concept and unit are used here.
 CERTAINTY_OF_FINDING = CodedConcept.from_code(codes.DCM.CertaintyOfFinding)  # (111012, DCM)
 
+#: Free text where DICOM has no coded concept: the nodule's attenuation type (solid, part-solid,
+#: ground-glass) in a measurement group and the study's Lung-RADS category under Qualitative
+#: Evaluations. (121106, DCM, "Comment") is the standard TEXT concept for remarks; no code is invented.
+COMMENT = CodedConcept.from_code(codes.DCM.Comment)  # (121106, DCM)
+
 #: UCUM units (CID 7181 / CID 82).
 MILLIMETER = CodedConcept.from_code(codes.UCUM.Millimeter)  # mm
 CUBIC_MILLIMETER = CodedConcept.from_code(codes.UCUM.CubicMillimeter)  # mm3

@@ -11,6 +11,11 @@ Pure builders: no files, no network, no database, no clock unless the caller lea
   = Lung, TID 4019 Algorithm Identification, the region as a SCOORD3D ELLIPSOID (a sphere of the
   finding's diameter around its centre) in the series' Frame of Reference with the source images it
   crosses, and TID 1419 measurements Diameter (mm), Volume (mm3), Certainty of Finding (%);
+* a finding a person measured (a radiologist edited an AI finding or added a missed one) carries that
+  person as observer of its group (HAS OBS CONTEXT, TID 1002/1003), no Algorithm Identification and no
+  Certainty of Finding: the AI's confidence belongs to AI measurements only; the nodule type (solid,
+  part-solid, ground-glass), when stated, is a TEXT "Comment" in the group;
+* the study-level Lung-RADS category, when given, is a TEXT "Comment" under Qualitative Evaluations;
 * no findings: no measurement groups; instead TID 1500 "Qualitative Evaluations" says Nodule: Absent;
 * SOP Common Contributing Equipment Sequence names the algorithm (Processing Equipment, Device UID);
 * VerificationFlag UNVERIFIED and PreliminaryFlag PRELIMINARY until a verifier is given, then VERIFIED
@@ -35,6 +40,7 @@ from highdicom.sr import (
     CodeContentItem,
     Comprehensive3DSR,
     ContainerContentItem,
+    ContentItem,
     ContentSequence,
     DeviceObserverIdentifyingAttributes,
     FindingSite,
@@ -48,6 +54,7 @@ from highdicom.sr import (
     RelationshipTypeValues,
     SourceImageForSegmentation,
     SourceSeriesForSegmentation,
+    TextContentItem,
     TrackingIdentifier,
     VolumeSurface,
     VolumetricROIMeasurementsAndQualitativeEvaluations,
@@ -167,6 +174,7 @@ def build_measurement_report(
     series_instance_uid: str | None = None,
     sop_instance_uid: str | None = None,
     content_datetime: datetime | None = None,
+    lung_rads: str | None = None,
 ) -> Dataset:
     """Build a Comprehensive 3D SR (TID 1500) with one measurement group per finding.
 
@@ -185,6 +193,8 @@ def build_measurement_report(
     headers = [_header_copy(ds) for ds in evidence]
     _check_same_study(headers)
     _check_findings(findings)
+    if lung_rads is not None and not re.fullmatch(r"[0-4][ABX]?|S", lung_rads):
+        raise ValueError(f"not a Lung-RADS category: {lung_rads!r}")
     for uid in (series_instance_uid, sop_instance_uid):
         if uid is not None and not _is_uid(uid):
             raise ValueError(f"not a valid DICOM UID: {uid!r}")
@@ -204,8 +214,10 @@ def build_measurement_report(
             imaging_measurements=[_measurement_group(f, algorithm_id, geometry) for f in findings],
             title=rc.REPORT_TITLE,
         )
+        if lung_rads:
+            content[0].ContentSequence.append(_qualitative_evaluations([_lung_rads_comment(lung_rads)]))
     else:
-        content = _no_findings_report(observation_context)
+        content = _no_findings_report(observation_context, lung_rads)
 
     equipment = hd.ContributingEquipment(
         manufacturer=algorithm.manufacturer,
@@ -266,15 +278,7 @@ def _observation_context(algorithm: ModelIdentity, verifier: Observer | None) ->
             model_name=f"{algorithm.model_id} {algorithm.version}",
         ),
     )
-    person = None
-    if verifier is not None:
-        person = ObserverContext(
-            observer_type=rc.OBSERVER_PERSON,
-            observer_identifying_attributes=PersonObserverIdentifyingAttributes(
-                name=_person_name(verifier.name),
-                organization_name=verifier.organization,
-            ),
-        )
+    person = _person_context(verifier) if verifier is not None else None
     return ObservationContext(observer_person_context=person, observer_device_context=device)
 
 
@@ -305,27 +309,78 @@ def _measurement_group(
         source_images=[SourceImageForSegmentation(s.sop_class_uid, s.sop_instance_uid) for s in crossed] or None,
         source_series=None if crossed else SourceSeriesForSegmentation(geometry.series_instance_uid),
     )
-    measurements = [
-        Measurement(name=rc.DIAMETER, value=float(finding.diameter_mm), unit=rc.MILLIMETER),
-        Measurement(name=rc.VOLUME, value=float(finding.volume_mm3), unit=rc.CUBIC_MILLIMETER),
-        Measurement(
-            name=rc.CERTAINTY_OF_FINDING,
-            value=round(float(finding.confidence) * 100.0, 4),
-            unit=rc.PERCENT,
-        ),
-    ]
-    return VolumetricROIMeasurementsAndQualitativeEvaluations(
+    by_person = finding.measured_by is not None
+    measurements = [Measurement(name=rc.DIAMETER, value=float(finding.diameter_mm), unit=rc.MILLIMETER)]
+    if finding.volume_mm3 is not None:
+        measurements.append(
+            Measurement(name=rc.VOLUME, value=float(finding.volume_mm3), unit=rc.CUBIC_MILLIMETER)
+        )
+    if finding.confidence is not None and not by_person:
+        measurements.append(
+            Measurement(
+                name=rc.CERTAINTY_OF_FINDING,
+                value=round(float(finding.confidence) * 100.0, 4),
+                unit=rc.PERCENT,
+            )
+        )
+    group = VolumetricROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=TrackingIdentifier(uid=finding.tracking_uid, identifier=finding.tracking_id),
         referenced_volume_surface=surface,
         finding_category=rc.FINDING_CATEGORY,
         finding_type=rc.NODULE,
         finding_sites=[FindingSite(anatomic_location=rc.LUNG)],
-        algorithm_id=algorithm_id,
+        algorithm_id=None if by_person else algorithm_id,
         measurements=measurements,
+    )
+    items = group[0].ContentSequence
+    if finding.measured_by is not None:
+        # The observation context changes for this group and its descendants (PS3.3 C.17.5): the
+        # person who measured it. Placed after the tracking identifiers, before the measurements.
+        person = _person_context(finding.measured_by)
+        for offset, item in enumerate(person):
+            items.insert(2 + offset, item)
+    if finding.nodule_type:
+        items.append(
+            TextContentItem(
+                name=rc.COMMENT,
+                value=f"Nodule type: {_NODULE_TYPE_TEXT.get(finding.nodule_type, finding.nodule_type)}",
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+_NODULE_TYPE_TEXT = {"solid": "solid", "part_solid": "part-solid", "ground_glass": "ground-glass"}
+
+
+def _person_context(person: Observer) -> ObserverContext:
+    return ObserverContext(
+        observer_type=rc.OBSERVER_PERSON,
+        observer_identifying_attributes=PersonObserverIdentifyingAttributes(
+            name=_person_name(person.name),
+            organization_name=person.organization or None,
+        ),
     )
 
 
-def _no_findings_report(observation_context: ObservationContext) -> MeasurementReport:
+def _lung_rads_comment(category: str) -> TextContentItem:
+    return TextContentItem(
+        name=rc.COMMENT,
+        value=f"Lung-RADS v2022 category {category}",
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+
+
+def _qualitative_evaluations(items: Sequence[ContentItem]) -> ContainerContentItem:
+    evaluations = ContainerContentItem(
+        name=rc.QUALITATIVE_EVALUATIONS,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    evaluations.ContentSequence = ContentSequence(list(items))
+    return evaluations
+
+
+def _no_findings_report(observation_context: ObservationContext, lung_rads: str | None = None) -> MeasurementReport:
     """TID 1500 without measurement groups: row 12 "Qualitative Evaluations" says Nodule: Absent.
 
     TID 1500 needs at least one of rows 6 (Imaging Measurements), 10 (Derived Imaging
@@ -345,20 +400,16 @@ def _no_findings_report(observation_context: ObservationContext) -> MeasurementR
             relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
         )
     )
-    evaluations = ContainerContentItem(
-        name=rc.QUALITATIVE_EVALUATIONS,
-        relationship_type=RelationshipTypeValues.CONTAINS,
-    )
-    evaluations.ContentSequence = ContentSequence(
-        [
-            CodeContentItem(
-                name=rc.NODULE,
-                value=rc.ABSENT,
-                relationship_type=RelationshipTypeValues.CONTAINS,
-            )
-        ]
-    )
-    root.ContentSequence.append(evaluations)
+    statements: list[ContentItem] = [
+        CodeContentItem(
+            name=rc.NODULE,
+            value=rc.ABSENT,
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        )
+    ]
+    if lung_rads:
+        statements.append(_lung_rads_comment(lung_rads))
+    root.ContentSequence.append(_qualitative_evaluations(statements))
     return MeasurementReport.from_sequence([root])
 
 
@@ -414,15 +465,17 @@ def _check_findings(findings: Sequence[ReportFinding]) -> None:
             raise ValueError(f"tracking_uid is not a valid DICOM UID: {f.tracking_uid!r}")
         ids.add(f.tracking_id)
         uids.add(f.tracking_uid)
-        values = (*f.center_mm, f.diameter_mm, f.volume_mm3, f.confidence)
+        values = [*f.center_mm, f.diameter_mm, *(v for v in (f.volume_mm3, f.confidence) if v is not None)]
         if len(f.center_mm) != 3 or not all(np.isfinite(v) for v in values):
             raise ValueError(f"finding {f.tracking_id!r}: centre and measurements must be finite")
         if f.diameter_mm <= 0:
             raise ValueError(f"finding {f.tracking_id!r}: diameter must be positive")
-        if f.volume_mm3 < 0:
+        if f.volume_mm3 is not None and f.volume_mm3 < 0:
             raise ValueError(f"finding {f.tracking_id!r}: volume must not be negative")
-        if not 0.0 <= f.confidence <= 1.0:
+        if f.confidence is not None and not 0.0 <= f.confidence <= 1.0:
             raise ValueError(f"finding {f.tracking_id!r}: confidence must be within 0..1")
+        if f.measured_by is not None and not f.measured_by.name.strip():
+            raise ValueError(f"finding {f.tracking_id!r}: measured_by without a name")
 
 
 def _person_name(name: str) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -10,11 +10,13 @@ from pydantic import BaseModel, Field
 from sqlalchemy import select
 from sqlalchemy.orm import Session, selectinload
 
+from review import decisions
 from review.auth import Principal, require_roles
+from review.decisions import Actor
 from review.errors import ApiError
-from tamsoat.core import audit, queue
+from tamsoat.core import audit
 from tamsoat.core.db import Database
-from tamsoat.core.domain import Decision, JobKind, Role, StudyState
+from tamsoat.core.domain import Decision, Role, StudyState
 from tamsoat.core.tables import Analysis, Finding, Report, Study
 
 router = APIRouter(prefix="/api/v1", tags=["review"])
@@ -34,6 +36,10 @@ class FindingOut(BaseModel):
     decision: Literal["accept", "reject"] | None
     decided_by: str | None
     decided_at: datetime | None
+    source: Literal["ai", "radiologist"] = Field(description="who found it: the AI or a radiologist (added)")
+    nodule_type: str = Field(description="solid, part_solid, ground_glass, or empty when not stated")
+    reason: str = Field(description="why it was rejected")
+    edited_by: str | None
 
 
 class AnalysisOut(BaseModel):
@@ -59,6 +65,9 @@ class StudySummary(BaseModel):
     findings: int
     max_confidence: float | None
     error: str
+    review_state: str = Field(description="new, in_review, signed, no_findings, rejected, or the pipeline state")
+    claimed_by: str | None
+    lung_rads: str = Field(description="the signed Lung-RADS category, or the suggested one before sign-off")
 
 
 class StudyDetail(StudySummary):
@@ -101,7 +110,10 @@ def _summary(study: Study, analysis: Analysis | None) -> dict[str, object]:
         "accession_number": study.accession_number, "study_date": study.study_date,
         "study_description": study.study_description, "modalities": study.modalities,
         "last_received_at": study.last_received_at, "findings": len(findings),
-        "max_confidence": max((f.confidence for f in findings), default=None), "error": study.error,
+        "max_confidence": max((f.confidence for f in findings if f.source == "ai"), default=None),
+        "error": study.error, "review_state": decisions.review_state(study, findings),
+        "claimed_by": study.claimed_by or None,
+        "lung_rads": study.lung_rads or (decisions.suggested_category(findings) if analysis else ""),
     }
 
 
@@ -110,7 +122,8 @@ def _finding_out(f: Finding) -> FindingOut:
         id=f.id, tracking_uid=f.tracking_uid, label=f.label,
         center_mm=(f.center_x_mm, f.center_y_mm, f.center_z_mm), diameter_mm=f.diameter_mm,
         volume_mm3=f.volume_mm3, confidence=f.confidence, decision=f.decision or None,  # type: ignore[arg-type]
-        decided_by=f.decided_by or None, decided_at=f.decided_at,
+        decided_by=f.decided_by or None, decided_at=f.decided_at, source=f.source,  # type: ignore[arg-type]
+        nodule_type=f.nodule_type, reason=f.reason, edited_by=f.edited_by or None,
     )
 
 
@@ -165,18 +178,8 @@ def decide(request: Request, study_instance_uid: str, finding_id: int, body: Dec
            user: Radiologist) -> FindingOut:
     with _db(request).session() as s:
         study = _get_study(s, study_instance_uid)
-        if study.state != StudyState.READY.value:
-            raise ApiError(409, "study_not_reviewable",
-                           f"study is {study.state}; decisions are taken only while it is ready for review")
-        analysis = _current_analysis(s, study_instance_uid)
-        finding = next((f for f in (analysis.findings if analysis else []) if f.id == finding_id), None)
-        if finding is None:
-            raise ApiError(404, "finding_not_found", f"study has no current finding {finding_id}")
-        finding.decision = body.decision.value
-        finding.decided_by = user.name
-        finding.decided_at = datetime.now(UTC)
-        audit.record(s, user.name, f"finding.{body.decision.value}", finding.tracking_uid, remote=user.remote,
-                     study=study_instance_uid, reason=body.reason)
+        finding = decisions.decide(s, study, finding_id, body.decision, Actor(user.name, user.remote),
+                                   reason=body.reason)
         return _finding_out(finding)
 
 
@@ -185,23 +188,9 @@ def decide(request: Request, study_instance_uid: str, finding_id: int, body: Dec
 def sign(request: Request, study_instance_uid: str, user: Radiologist) -> SignOut:
     with _db(request).session() as s:
         study = _get_study(s, study_instance_uid)
-        if study.state != StudyState.READY.value:
-            raise ApiError(409, "study_not_signable", f"study is {study.state}; only a study ready for review "
-                           "can be signed")
-        analysis = _current_analysis(s, study_instance_uid)
-        findings = analysis.findings if analysis else []
-        undecided = [f.id for f in findings if not f.decision]
-        if undecided:
-            raise ApiError(409, "findings_undecided", f"decide every finding before signing; undecided: {undecided}")
-        study.state = StudyState.SIGNED.value
-        study.signed_by = user.name
-        study.signed_at = datetime.now(UTC)
-        queue.enqueue(s, JobKind.REPORT_STUDY.value, study_instance_uid)
-        accepted = sum(f.decision == Decision.ACCEPT.value for f in findings)
-        audit.record(s, user.name, "study.signed", study_instance_uid, remote=user.remote,
-                     accepted=accepted, rejected=len(findings) - accepted)
+        accepted, rejected = decisions.sign(s, study, Actor(user.name, user.remote))
     wake = getattr(request.app.state, "wake_workers", None)
     if wake is not None:
         wake()
     return SignOut(study_instance_uid=study_instance_uid, state=StudyState.SIGNED, accepted=accepted,
-                   rejected=len(findings) - accepted)
+                   rejected=rejected)
