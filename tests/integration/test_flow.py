@@ -3,6 +3,7 @@ decisions and sign-off → DCMTK storescp receives a TID 1500 SR that passes dci
 
 from __future__ import annotations
 
+import math
 import subprocess
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ def poll(fn: Any, timeout: float, what: str) -> Any:
 
 
 def test_study_flows_from_pacs_to_report(tmp_path: Path, service: Service, storescp: Peer) -> None:
-    phantom = make_phantom(11, shape_kji=(120, 512, 512), nodule_diameters_mm=[14.0, 10.0, 8.0])
+    phantom = make_phantom(11, shape_kji=(120, 512, 512), nodule_diameters_mm=[18.0, 14.0, 12.0])
     files = write_ct_series(phantom, tmp_path / "series", seed=11)
     study_uid = pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
     sent = subprocess.run([need("storescu"), "-aet", "MODALITY", "-aec", "TAMSOAT", "+sd", "+r",
@@ -51,9 +52,12 @@ def test_study_flows_from_pacs_to_report(tmp_path: Path, service: Service, store
     study = poll(ready, 300, "findings")
     findings = study["findings_detail"]
     assert study["analysis"]["model_id"] == "lung-nodule-phantom"
-    assert len(findings) >= 2, findings
     for f in findings:
         assert len(f["center_mm"]) == 3 and f["diameter_mm"] > 0 and 0 < f["confidence"] <= 1
+    # The real network finds the phantom's nodules where the ground truth puts them (patient mm).
+    found = [n for n in phantom.nodules
+             if any(math.dist(n.center_mm, f["center_mm"]) <= n.diameter_mm / 2 for f in findings)]
+    assert len(found) >= 2, (phantom.nodules, findings)
     rejected = findings[1]["tracking_uid"]
     for i, f in enumerate(findings):
         decision = "reject" if i == 1 else "accept"
