@@ -36,9 +36,12 @@ def test_network_is_fully_convolutional() -> None:
 def test_patches_have_labels_where_the_nodules_are(tmp_path: Path) -> None:
     cfg = load_config(TINY)
     cases = build_cache(cfg.data, tmp_path, [cfg.data.seed_offset])
-    sampler = PatchSampler(cases, cfg.sampling.model_copy(update={"nodule_fraction": 1.0, "vessel_fraction": 0.0}),
-                           np.random.default_rng(0))
-    images, labels = sampler.batch(4)
+    sampling = cfg.sampling.model_copy(update={"nodule_fraction": 1.0, "vessel_fraction": 0.0,
+                                               "small_nodule_reference_mm": 20.0})
+    sampler = PatchSampler(cases, sampling, np.random.default_rng(0))
+    images, labels, weights = sampler.batch(4)
+    # Nodules under the reference diameter weigh more than background, which weighs 1.
+    assert np.all(weights[labels == 0] == 1.0) and np.all(weights[labels > 0] > 1.0)
     assert images.shape == labels.shape == (4, 1, *cfg.sampling.patch_size)
     assert all(labels[b].sum() > 0 for b in range(4))
     # Labelled voxels are nodule tissue, far brighter than lung (-850 HU): above -700 HU on average.

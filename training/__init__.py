@@ -1,0 +1,1 @@
+"""Training stage: synthetic chest-CT phantoms, DICOM series writer, network, training and export."""
