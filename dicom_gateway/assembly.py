@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from dicom_gateway.scp import StoredInstance
@@ -29,6 +29,8 @@ def record_instance(session: Session, stored: StoredInstance, now: datetime | No
     now = now or datetime.now(UTC)
     if stored.duplicate and _already_recorded(session, stored):
         log.info("instance.duplicate sop=%s study=%s", stored.sop_instance_uid, stored.study_instance_uid)
+        return
+    if _record_common_case(session, stored, now):
         return
     # A duplicate that is not recorded yet: the first store was spooled but its row was not committed.
     study = session.get(Study, stored.study_instance_uid)
@@ -67,6 +69,42 @@ def record_instance(session: Session, stored: StoredInstance, now: datetime | No
         path=stored.path, sha256=stored.sha256, size=stored.size,
         calling_ae_title=stored.calling_ae_title, received_at=now, current=True,
     ))
+
+
+def _instance_values(stored: StoredInstance, now: datetime) -> dict[str, object]:
+    return {
+        "sop_instance_uid": stored.sop_instance_uid, "version": stored.version,
+        "study_instance_uid": stored.study_instance_uid, "series_instance_uid": stored.series_instance_uid,
+        "sop_class_uid": stored.sop_class_uid, "transfer_syntax_uid": stored.transfer_syntax_uid,
+        "path": stored.path, "sha256": stored.sha256, "size": stored.size,
+        "calling_ae_title": stored.calling_ae_title, "received_at": now, "current": True,
+    }
+
+
+def _record_common_case(session: Session, stored: StoredInstance, now: datetime) -> bool:
+    """The instance after the first of a study that is still receiving, first version, modality
+    already listed: two plain statements instead of the ORM (this runs for every instance).
+    Returns False, having changed nothing, for every other case."""
+    if stored.version != 1:
+        return False
+    session.flush()  # pending ORM changes of this transaction first (batches mix both paths)
+    conn = session.connection()  # Core statements on the session's transaction: no ORM bookkeeping
+    row = conn.execute(_STUDY_STATE, {"uid": stored.study_instance_uid}).first()
+    if row is None or row.state != StudyState.RECEIVING.value:
+        return False
+    modality = stored.attributes.get("Modality", "")
+    if modality and modality not in row.modalities.split("\\"):
+        return False
+    conn.execute(_TOUCH_STUDY, {"uid": stored.study_instance_uid, "now": now})
+    conn.execute(_INSERT_INSTANCE, _instance_values(stored, now))
+    session.expire_all()  # ORM objects loaded earlier in this session must not shadow these writes
+    return True
+
+
+_STUDY_STATE = select(Study.state, Study.modalities).where(Study.study_instance_uid == bindparam("uid"))
+_TOUCH_STUDY = (update(Study).where(Study.study_instance_uid == bindparam("uid"))
+                .values(last_received_at=bindparam("now", type_=Study.__table__.c.last_received_at.type)))
+_INSERT_INSTANCE = insert(Instance)
 
 
 def _already_recorded(session: Session, stored: StoredInstance) -> bool:

@@ -1,36 +1,28 @@
 """The receiving side: a Storage SCP (C-STORE for every storage SOP class) and Verification SCP.
 
-Each received data set is kept exactly as it arrived (no decoding, no re-encoding); only the
-header up to the pixel data is read, to check the SOP class and UIDs and to pick up a few display
-attributes. The status answered is 0x0000 only after the spool has made the file durable and the
-sink (which records the instance in the database) has returned.
+Each C-STORE is handed to :class:`dicom_gateway.ingest.Ingestor` (the same path STOW-RS uses): the
+data set is kept exactly as it arrived (no decoding, no re-encoding), only its header is read, and
+0x0000 is answered only after the spool has made the file durable and the sink (which records the
+instance in the database) has returned.
 
 Logs carry event names, UIDs, AE titles and addresses; never patient names, IDs or birth dates.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import socket
 import threading
 import time
-import traceback
-import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from io import BytesIO
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from pydicom.charset import convert_encodings, decode_bytes
 from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag, Tag
 from pydicom.uid import (
     HTJ2K,
     JPEG2000,
-    UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
@@ -48,9 +40,21 @@ from pydicom.uid import (
 from pydicom.uid import JPEGLossless as JPEGLosslessP14
 from pynetdicom import AE, AllStoragePresentationContexts, evt
 
+from dicom_gateway import metrics
 from dicom_gateway import status as st
-from dicom_gateway.spool import OutOfResourcesError, Spool, SpoolFullError
-from dicom_gateway.uids import InvalidUIDError, validate_uid
+from dicom_gateway.commitment import STORAGE_COMMITMENT_PUSH, CommitmentReport, parse_report
+from dicom_gateway.ingest import (
+    DISPLAY_ATTRIBUTES,
+    Ingestor,
+    IngestRefused,
+    InstanceSink,
+    Origin,
+    StoredInstance,
+    read_header,
+)
+from dicom_gateway.net import tune_connection
+from dicom_gateway.spool import Spool
+from dicom_gateway.tls import server_context
 from tamsoat.core.settings import DicomSettings
 
 if TYPE_CHECKING:
@@ -61,10 +65,12 @@ if TYPE_CHECKING:
 __all__ = [
     "ACCEPTED_TRANSFER_SYNTAXES",
     "DISPLAY_ATTRIBUTES",
+    "STORAGE_SOP_CLASSES",
     "InstanceSink",
     "ScpTimeouts",
     "StorageSCP",
     "StoredInstance",
+    "read_header",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -91,67 +97,9 @@ ACCEPTED_TRANSFER_SYNTAXES: tuple[str, ...] = (
     HTJ2K,
 )
 
-DISPLAY_ATTRIBUTES: tuple[str, ...] = (
-    "PatientName",
-    "PatientID",
-    "AccessionNumber",
-    "StudyDate",
-    "StudyDescription",
-    "Modality",
-    "SeriesDescription",
-)
-
-# keyword -> (tag, VR); VRs are needed because an implicit VR data set does not carry them.
-_HEADER_TAGS: dict[str, tuple[int, str]] = {
-    "SpecificCharacterSet": (0x00080005, "CS"),
-    "SOPClassUID": (0x00080016, "UI"),
-    "SOPInstanceUID": (0x00080018, "UI"),
-    "StudyDate": (0x00080020, "DA"),
-    "AccessionNumber": (0x00080050, "SH"),
-    "Modality": (0x00080060, "CS"),
-    "StudyDescription": (0x00081030, "LO"),
-    "SeriesDescription": (0x0008103E, "LO"),
-    "PatientName": (0x00100010, "PN"),
-    "PatientID": (0x00100020, "LO"),
-    "StudyInstanceUID": (0x0020000D, "UI"),
-    "SeriesInstanceUID": (0x0020000E, "UI"),
-}
-_SPECIFIC_TAGS: list[BaseTag | int] = [Tag(t) for t, _ in _HEADER_TAGS.values()]
-_PIXEL_GROUP = 0x7FE00000
+STORAGE_SOP_CLASSES: frozenset[str] = frozenset(str(cx.abstract_syntax) for cx in AllStoragePresentationContexts)
 _ERROR_COMMENT_MAX = 64  # LO
 VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
-
-
-@dataclass(frozen=True)
-class StoredInstance:
-    """One instance the SCP has durably spooled, handed to the :data:`InstanceSink`.
-
-    ``duplicate`` is True when the same content was already spooled for this SOP Instance UID
-    (``version`` and ``path`` are then those of the existing file). It is a hint: a sink that failed
-    on the first attempt sees the peer's retry as a duplicate, so it should insert the row for
-    ``(sop_instance_uid, version)`` when it is missing rather than skip it.
-    ``attributes`` holds display attributes for the database only; never log them.
-    """
-
-    sop_instance_uid: str
-    sop_class_uid: str
-    study_instance_uid: str
-    series_instance_uid: str
-    transfer_syntax_uid: str
-    path: str
-    sha256: str
-    size: int
-    version: int
-    duplicate: bool
-    calling_ae_title: str
-    called_ae_title: str
-    peer_address: str
-    attributes: dict[str, str] = field(default_factory=dict)
-
-
-InstanceSink = Callable[[StoredInstance], None]
-"""Records a stored instance (writes the DB row). Raising gives the peer a failure status:
-0xA7xx for :class:`~dicom_gateway.spool.OutOfResourcesError` (or ENOSPC), else 0xC001."""
 
 
 @dataclass(frozen=True)
@@ -162,15 +110,6 @@ class ScpTimeouts:
     acse: float = 30.0
     dimse: float = 60.0
     network: float = 120.0
-
-
-class _Rejected(Exception):
-    """A C-STORE request that gets a non-success status; carries the status and comment."""
-
-    def __init__(self, status: int, comment: str) -> None:
-        super().__init__(comment)
-        self.status = status
-        self.comment = comment
 
 
 def _status(code: int, comment: str | None = None) -> Dataset:
@@ -207,62 +146,6 @@ def _resolve(host: str) -> set[str]:
     return addresses
 
 
-def read_header(encoded: bytes, transfer_syntax_uid: str) -> Dataset:
-    """Parse the data set up to the pixel data, keeping only the elements the SCP needs (as raw,
-    unconverted elements). Raises on a data set that cannot be decoded."""
-    ts = UID(transfer_syntax_uid)
-    data = encoded
-    if ts.is_deflated:
-        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(encoded)
-    return read_dataset(
-        BytesIO(data),
-        is_implicit_VR=ts.is_implicit_VR,
-        is_little_endian=ts.is_little_endian,
-        stop_when=lambda tag, vr, length: tag >= _PIXEL_GROUP,
-        specific_tags=_SPECIFIC_TAGS,
-    )
-
-
-def _raw_bytes(ds: Dataset, keyword: str) -> bytes | None:
-    tag = _HEADER_TAGS[keyword][0]
-    if tag not in ds:
-        return None
-    value = ds.get_item(tag).value  # raw bytes: nothing converted, nothing validated or logged
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("latin-1", errors="replace")
-
-
-def _header_uid(ds: Dataset, keyword: str) -> str:
-    raw = _raw_bytes(ds, keyword)
-    if raw is None:
-        raise InvalidUIDError(keyword, "missing")
-    return validate_uid(raw.decode("ascii", errors="replace"), keyword)
-
-
-def _display_attributes(ds: Dataset) -> dict[str, str]:
-    charset_raw = _raw_bytes(ds, "SpecificCharacterSet")
-    terms: list[str] = []
-    if charset_raw:
-        terms = [t.strip() for t in charset_raw.decode("ascii", errors="replace").split("\\")]
-    encodings = convert_encodings(terms or None)
-    out: dict[str, str] = {}
-    for keyword in DISPLAY_ATTRIBUTES:
-        raw = _raw_bytes(ds, keyword)
-        if not raw:
-            out[keyword] = ""
-            continue
-        vr = _HEADER_TAGS[keyword][1]
-        delimiters = {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C}
-        text = decode_bytes(raw, encodings, delimiters) if vr in ("PN", "LO", "SH") else raw.decode(
-            "ascii", errors="replace"
-        )
-        out[keyword] = text.rstrip("\x00 ").strip()
-    return out
-
-
 class StorageSCP:
     """Storage and Verification SCP in front of a :class:`~dicom_gateway.spool.Spool`.
 
@@ -276,10 +159,15 @@ class StorageSCP:
         spool: Spool,
         sink: InstanceSink,
         timeouts: ScpTimeouts | None = None,
+        commitment_sink: Callable[[CommitmentReport, str], None] | None = None,
     ) -> None:
+        """``commitment_sink(report, calling_ae)`` receives Storage Commitment reports that a PACS
+        sends on an association of its own (N-EVENT-REPORT); without it they are not accepted."""
         self.settings = settings
+        self.commitment_sink = commitment_sink
         self.spool = spool
         self.sink = sink
+        self.ingestor = Ingestor(spool, sink)  # the one ingest path, shared with STOW-RS
         self.timeouts = timeouts or ScpTimeouts()
         self._server: ThreadedAssociationServer | None = None
         self._ae: AE | None = None
@@ -302,6 +190,11 @@ class StorageSCP:
             for cx in AllStoragePresentationContexts:
                 ae.add_supported_context(str(cx.abstract_syntax), list(ACCEPTED_TRANSFER_SYNTAXES))
             ae.add_supported_context(VERIFICATION_SOP_CLASS, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+            if self.commitment_sink is not None:
+                # The PACS opens the association to report commitment and acts as the SCP of the
+                # Storage Commitment Push Model: accept that role (SCP/SCU role selection).
+                ae.add_supported_context(STORAGE_COMMITMENT_PUSH, [ExplicitVRLittleEndian, ImplicitVRLittleEndian],
+                                         scu_role=False, scp_role=True)
 
             if s.allowed_peers:
                 self._allowed = set()
@@ -315,19 +208,23 @@ class StorageSCP:
                 LOG.warning("dicom.scp.allow_list_empty any calling AE from any address is accepted")
 
             handlers: list[Any] = [
+                (evt.EVT_CONN_OPEN, tune_connection),
                 (evt.EVT_REQUESTED, self._on_requested),
                 (evt.EVT_ACCEPTED, self._on_accepted),
                 (evt.EVT_ABORTED, self._on_aborted),
                 (evt.EVT_C_ECHO, self._on_c_echo),
                 (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_N_EVENT_REPORT, self._on_event_report),
             ]
+            ssl_context = server_context(s.tls) if s.tls is not None else None
             self._server = cast(
                 "ThreadedAssociationServer",
-                ae.start_server((s.host, s.port), block=False, evt_handlers=handlers),
+                ae.start_server((s.host, s.port), block=False, evt_handlers=handlers, ssl_context=ssl_context),
             )
             self._ae = ae
             LOG.info(
-                "dicom.scp.started ae_title=%s host=%s port=%d", s.ae_title, s.host, self.port
+                "dicom.scp.started ae_title=%s host=%s port=%d tls=%s", s.ae_title, s.host, self.port,
+                ssl_context is not None,
             )
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -382,6 +279,9 @@ class StorageSCP:
             allowed = False
         if allowed:
             return
+        # An unlisted title is not used as a label: peers must not choose our metrics' cardinality.
+        known = {p.ae_title.strip() for p in self.settings.allowed_peers}
+        metrics.ASSOCIATIONS.labels(calling if calling in known else "(unlisted)", "rejected").inc()
         LOG.warning(
             "dicom.assoc.rejected reason=calling_ae_not_recognised calling_ae=%s peer=%s",
             calling,
@@ -394,6 +294,7 @@ class StorageSCP:
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc: Association = event.assoc
+        metrics.ASSOCIATIONS.labels(assoc.requestor.ae_title.strip() or "-", "accepted").inc()
         LOG.info(
             "dicom.assoc.accepted calling_ae=%s peer=%s",
             assoc.requestor.ae_title.strip(),
@@ -411,123 +312,46 @@ class StorageSCP:
         )
         return st.SUCCESS
 
+    # -- Storage Commitment reports ---------------------------------------------------------------
+    def _on_event_report(self, event: evt.Event) -> tuple[int, Dataset | None]:
+        calling = event.assoc.requestor.ae_title.strip()
+        request: Any = event.request
+        if self.commitment_sink is None or str(request.AffectedSOPClassUID) != STORAGE_COMMITMENT_PUSH:
+            return 0x0118, None  # no such SOP class
+        try:
+            report = parse_report(int(request.EventTypeID), event.event_information)
+            self.commitment_sink(report, calling)
+        except Exception as exc:
+            LOG.error("dicom.commitment.report_failed calling_ae=%s error=%s", calling, type(exc).__name__)
+            return 0x0110, None  # processing failure: the PACS will report again
+        LOG.info("dicom.commitment.report calling_ae=%s transaction=%s committed=%d failed=%d", calling,
+                 report.transaction_uid, len(report.committed), len(report.failed))
+        return 0x0000, None
+
     # -- C-STORE ----------------------------------------------------------------------------------
     def _on_c_store(self, event: evt.Event) -> Dataset:
-        request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")[:64]
-        try:
-            return self._store(event)
-        except _Rejected as exc:
-            LOG.warning(
-                "dicom.store.refused sop=%s status=0x%04X reason=%s", request_sop, exc.status, exc.comment
-            )
-            return _status(exc.status, exc.comment)
-        except Exception as exc:
-            # Type and stack only: exception messages (e.g. a database error echoing its
-            # parameters) may carry patient data, which must never reach the log.
-            LOG.error(
-                "dicom.store.failed event=%s sop=%s error=%s\n%s",
-                event.event.name,
-                request_sop,
-                type(exc).__name__,
-                "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
-            )
-            return _status(st.PROCESSING_FAILURE, f"internal error while storing ({type(exc).__name__})")
-
-    def _store(self, event: evt.Event) -> Dataset:
         assoc: Association = event.assoc
         request = cast("C_STORE", event.request)
         context = event.context
-        transfer_syntax = str(context.transfer_syntax)
-        try:
-            encoded = event.encoded_dataset(include_meta=False)
-        except AttributeError as exc:
-            raise _Rejected(st.CANNOT_UNDERSTAND, "C-STORE request without a data set") from exc
-
-        try:
-            header = read_header(encoded, transfer_syntax)
-        except Exception as exc:
-            raise _Rejected(
-                st.UNDECODABLE, f"cannot decode data set: {type(exc).__name__}"
-            ) from exc
-
-        try:
-            sop_class = _header_uid(header, "SOPClassUID")
-        except InvalidUIDError as exc:
-            raise _Rejected(st.INVALID_UIDS, str(exc)) from exc
-        requested_class = str(request.AffectedSOPClassUID or "").rstrip("\x00 ")
-        if sop_class != requested_class or sop_class != str(context.abstract_syntax):
-            raise _Rejected(st.DATASET_MISMATCH, "SOP Class UID does not match the request")
-        try:
-            sop = _header_uid(header, "SOPInstanceUID")
-            study = _header_uid(header, "StudyInstanceUID")
-            series = _header_uid(header, "SeriesInstanceUID")
-        except InvalidUIDError as exc:
-            raise _Rejected(st.INVALID_UIDS, str(exc)) from exc
-        if sop != str(request.AffectedSOPInstanceUID or "").rstrip("\x00 "):
-            raise _Rejected(st.INVALID_UIDS, "SOP Instance UID does not match the request")
-        try:
-            attributes = _display_attributes(header)
-        except Exception as exc:
-            raise _Rejected(
-                st.UNDECODABLE, f"cannot decode display attributes: {type(exc).__name__}"
-            ) from exc
-
-        calling = assoc.requestor.ae_title.strip()
         primitive = assoc.requestor.primitive
-        called = str(primitive.called_ae_title if primitive else assoc.acceptor.ae_title).strip()
-        try:
-            spooled = self.spool.store(
-                encoded,
-                sop_class_uid=sop_class,
-                sop_instance_uid=sop,
-                study_instance_uid=study,
-                series_instance_uid=series,
-                transfer_syntax_uid=transfer_syntax,
-                source_ae_title=calling,
-            )
-        except InvalidUIDError as exc:
-            raise _Rejected(st.INVALID_UIDS, str(exc)) from exc
-        except SpoolFullError as exc:
-            raise _Rejected(st.OUT_OF_RESOURCES, "out of resources: spool full") from exc
-        except OutOfResourcesError as exc:
-            raise _Rejected(st.OUT_OF_RESOURCES_IO, "out of resources: spool I/O error") from exc
-
-        instance = StoredInstance(
-            sop_instance_uid=sop,
-            sop_class_uid=sop_class,
-            study_instance_uid=study,
-            series_instance_uid=series,
-            transfer_syntax_uid=transfer_syntax,
-            path=spooled.path_relative,
-            sha256=spooled.sha256,
-            size=spooled.size,
-            version=spooled.version,
-            duplicate=spooled.duplicate,
-            calling_ae_title=calling,
-            called_ae_title=called,
+        origin = Origin(
+            calling_ae_title=assoc.requestor.ae_title.strip(),
+            called_ae_title=str(primitive.called_ae_title if primitive else assoc.acceptor.ae_title).strip(),
             peer_address=assoc.requestor.address,
-            attributes=attributes,
         )
+        requested_class = str(request.AffectedSOPClassUID or "").rstrip("\x00 ")
         try:
-            self.sink(instance)
-        except SpoolFullError as exc:
-            raise _Rejected(st.OUT_OF_RESOURCES, "out of resources: disk full") from exc
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise _Rejected(st.OUT_OF_RESOURCES, "out of resources: disk full") from exc
-            raise
-        except (OutOfResourcesError, MemoryError) as exc:
-            LOG.warning("dicom.store.sink_busy sop=%s error=%s", sop, type(exc).__name__)
-            raise _Rejected(st.OUT_OF_RESOURCES_IO, "out of resources: try again later") from exc
-
-        LOG.info(
-            "dicom.store.ok sop=%s series=%s study=%s version=%d duplicate=%s calling_ae=%s peer=%s",
-            sop,
-            series,
-            study,
-            spooled.version,
-            spooled.duplicate,
-            calling,
-            instance.peer_address,
-        )
+            if requested_class != str(context.abstract_syntax):
+                raise IngestRefused(st.DATASET_MISMATCH, "SOP Class UID does not match the presentation context")
+            try:
+                encoded = event.encoded_dataset(include_meta=False)
+            except AttributeError as exc:
+                raise IngestRefused(st.CANNOT_UNDERSTAND, "C-STORE request without a data set") from exc
+            self.ingestor.ingest(
+                encoded, str(context.transfer_syntax), origin,
+                expected_sop_class=requested_class,
+                expected_sop_instance=str(request.AffectedSOPInstanceUID or ""),
+            )
+        except IngestRefused as exc:
+            return _status(exc.status, exc.comment)
         return _status(st.SUCCESS)

@@ -15,17 +15,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config
+from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
+from dicom_gateway.net import tune_connection
 from dicom_gateway.status import Outcome, classify_store_status
+from dicom_gateway.tls import client_context
 from dicom_gateway.uids import validate_uid
-from tamsoat.core.settings import Destination
+from tamsoat.core.settings import Destination, DicomTLS
 
 __all__ = ["EchoResult", "ScuTimeouts", "SendResult", "echo", "send_files"]
 
@@ -85,6 +88,14 @@ def _make_ae(calling_ae: str, timeouts: ScuTimeouts) -> AE:
     ae.dimse_timeout = timeouts.dimse
     ae.network_timeout = timeouts.network
     return ae
+
+
+def _associate(ae: AE, destination: Destination, tls_config: DicomTLS | None, **kwargs: Any) -> Association:
+    """Associate with ``destination``, over DICOM TLS when the destination asks for it."""
+    tls_args = (client_context(tls_config), destination.host) if destination.tls else None
+    handlers = [(evt.EVT_CONN_OPEN, tune_connection), *kwargs.pop("evt_handlers", [])]
+    return ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args,
+                        evt_handlers=handlers, **kwargs)
 
 
 def _not_established(assoc: Association) -> str:
@@ -147,11 +158,13 @@ def send_files(
     calling_ae: str,
     *,
     timeouts: ScuTimeouts | None = None,
+    tls_config: DicomTLS | None = None,
 ) -> list[SendResult]:
     """C-STORE ``paths`` (Part-10 files) to ``destination``; one result per path, in order.
 
     One association carries every file (more than 128 distinct SOP class / transfer syntax pairs
     take several). Never raises for a peer or network problem: that is a ``retry`` result.
+    ``tls_config`` is our certificate (and CA) for a destination with ``tls: true``.
     """
     timeouts = timeouts or ScuTimeouts()
     results: dict[int, SendResult] = {}
@@ -165,7 +178,8 @@ def send_files(
             results[i] = SendResult(path, None, "dead", f"cannot read the file's meta information: {exc}")
 
     for batch_contexts, batch_files in _batches(files):
-        for res_index, result in _send_batch(destination, batch_contexts, batch_files, calling_ae, timeouts):
+        for res_index, result in _send_batch(destination, batch_contexts, batch_files, calling_ae, timeouts,
+                                             tls_config):
             results[res_index] = result
     unsent = SendResult(Path(), None, "retry", "not sent")
     return [results.get(i, replace(unsent, path=Path(p))) for i, p in enumerate(paths)]
@@ -177,6 +191,7 @@ def _send_batch(
     files: list[_File],
     calling_ae: str,
     timeouts: ScuTimeouts,
+    tls_config: DicomTLS | None = None,
 ) -> list[tuple[int, SendResult]]:
     ae = _make_ae(calling_ae, timeouts)
     for sop_class, tsyntax in contexts:
@@ -187,8 +202,8 @@ def _send_batch(
 
     out: list[tuple[int, SendResult]] = []
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
-    except Exception as exc:  # e.g. a host name that does not resolve
+        assoc = _associate(ae, destination, tls_config)
+    except Exception as exc:  # e.g. a host name that does not resolve, an unreadable certificate
         message = f"could not associate: {type(exc).__name__}: {exc}"
         LOG.warning("dicom.send.associate_failed destination=%s error=%s", destination.name, message)
         return [(f.index, SendResult(f.path, None, "retry", message)) for f in files]
@@ -259,12 +274,13 @@ def _send_one(assoc: Association, f: _File, convert: bool, msg_id: int, destinat
     return SendResult(f.path, status, verdict.outcome, verdict.reason)
 
 
-def echo(destination: Destination, calling_ae: str, *, timeouts: ScuTimeouts | None = None) -> EchoResult:
+def echo(destination: Destination, calling_ae: str, *, timeouts: ScuTimeouts | None = None,
+         tls_config: DicomTLS | None = None) -> EchoResult:
     """C-ECHO ``destination``; never raises for a peer or network problem."""
     ae = _make_ae(calling_ae, timeouts or ScuTimeouts())
     ae.add_requested_context(VERIFICATION_SOP_CLASS)
     try:
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        assoc = _associate(ae, destination, tls_config)
     except Exception as exc:
         return EchoResult(False, f"could not associate: {type(exc).__name__}: {exc}")
     if not assoc.is_established:

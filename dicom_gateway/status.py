@@ -15,7 +15,10 @@ __all__ = [
     "OUT_OF_RESOURCES",
     "OUT_OF_RESOURCES_IO",
     "PROCESSING_FAILURE",
+    "SOP_CLASS_NOT_SUPPORTED",
+    "STUDY_MISMATCH",
     "SUCCESS",
+    "TRANSFER_SYNTAX_NOT_SUPPORTED",
     "UNDECODABLE",
     "Classification",
     "Outcome",
@@ -40,6 +43,10 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0xC001  # unexpected failure inside the gateway (logged with the SOP UID)
 UNDECODABLE = 0xC210  # the data set could not be decoded (as pynetdicom's storescp)
 INVALID_UIDS = 0xC220  # Study/Series/SOP Instance UID missing, malformed, or not matching the request
+# STOW-RS failure reasons (PS3.18 Table I.2-2) beyond the C-STORE ones above.
+STUDY_MISMATCH = 0xA901  # the instance's Study Instance UID is not the study in the request URL
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 
 # PS3.7 Annex C general statuses a C-STORE SCP may also answer.
 _GENERAL_FAILURES: dict[int, tuple[Outcome, str]] = {

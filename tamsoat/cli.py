@@ -75,7 +75,7 @@ def serve(
 
     try:
         service = Service(settings)
-    except OSError as exc:
+    except (OSError, ValueError, LookupError, RuntimeError) as exc:
         raise fail(f"cannot start: {exc}") from exc
     typer.echo(f"tamsoat {settings.dicom.ae_title} listening: DICOM {settings.dicom.host}:{settings.dicom.port}, "
                f"web http://{settings.web.host}:{settings.web.port} (API docs at /docs), data in {settings.home}",
@@ -96,24 +96,39 @@ def config_show(config: ConfigOpt = None, home: HomeOpt = None) -> None:
 @users_app.command("add")
 def users_add(
     name: str,
-    role: Annotated[str, typer.Option(help="radiologist, admin or researcher.")],
+    role: Annotated[str, typer.Option(help="radiologist, admin, researcher or integration (STOW-RS, metrics).")],
     config: ConfigOpt = None, home: HomeOpt = None,
+    password_stdin: Annotated[bool, typer.Option("--password-stdin", help="Read the web login password from the "
+                                                 "first line of standard input.")] = False,
+    password_prompt: Annotated[bool, typer.Option("--password", help="Ask for the web login password "
+                                                  "(typed twice, not shown).")] = False,
+    display_name: Annotated[str | None, typer.Option(help="Name shown in the pages and signed reports, "
+                                                     "DICOM style: Family^Given.")] = None,
 ) -> None:
-    """Add a local user."""
+    """Add a local user (with a password for the web pages, or API tokens only)."""
     from tamsoat.core.domain import Role
     from tamsoat.core.users import UserError, add_user
 
     try:
         role_value = Role(role)
     except ValueError as exc:
-        raise fail(f"unknown role {role!r}: use radiologist, admin or researcher", 2) from exc
+        raise fail(f"unknown role {role!r}: use radiologist, admin, researcher or integration", 2) from exc
+    password: str | None = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif password_prompt:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    if password is not None and len(password) < 8:
+        raise fail("the password must have at least 8 characters", 2)
     db = _database(settings_from(config, home=home))
     try:
         with db.session() as s:
-            add_user(s, name, role_value)
+            user = add_user(s, name, role_value, password=password)
+            if display_name:
+                user.display_name = display_name
     except UserError as exc:
         raise fail(str(exc)) from exc
-    typer.echo(f"added user {name} ({role_value.value})")
+    typer.echo(f"added user {name} ({role_value.value}{', web login' if password else ''})")
 
 
 @tokens_app.command("create")
@@ -149,6 +164,15 @@ def demo(
     except RuntimeError as exc:
         raise fail(str(exc)) from exc
     typer.echo(summary)
+
+
+from tamsoat.cli_dicom import register as _register_gateway_commands  # noqa: E402 (uses the helpers above)
+
+_register_gateway_commands(app)  # tamsoat dicom …, tamsoat outbox …
+
+from tamsoat.cli_research import register as _register_research_commands  # noqa: E402
+
+_register_research_commands(app)  # tamsoat dataset …, tamsoat models … (issue 7)
 
 
 def main() -> None:

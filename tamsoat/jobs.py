@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dicom_gateway.assembly import close_quiet_studies
 from tamsoat.core import queue
 from tamsoat.core.db import Database
-from tamsoat.tasks import ANALYZE_STUDY, TASKS, RetryLater, TaskContext, on_study_closed
+from tamsoat.tasks import HEAVY_KINDS, TASKS, RetryLater, TaskContext, on_study_closed
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class EmbeddedRunner:
         # Analysis is heavy: one worker takes it; the others keep sending results meanwhile.
         for i in range(self.workers):
             self._spawn(f"worker-{i}", lambda name: self._work(name, None))
-        self._spawn("sender", lambda name: self._work(name, tuple(k for k in TASKS if k != ANALYZE_STUDY)))
+        self._spawn("sender", lambda name: self._work(name, tuple(k for k in TASKS if k not in HEAVY_KINDS)))
         self._spawn("sweeper", lambda _name: self._sweep())
 
     def wake(self) -> None:

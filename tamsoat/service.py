@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 import uvicorn
 
 from dicom_gateway.assembly import record_instance
-from dicom_gateway.scp import StorageSCP, StoredInstance
+from dicom_gateway.batching import BatchingSink
+from dicom_gateway.commitment import CommitmentReport
+from dicom_gateway.outbox import apply_commitment_report
+from dicom_gateway.scp import StorageSCP
+from dicom_gateway.scu import send_files
 from dicom_gateway.spool import Spool
 from tamsoat.app import create_app
 from tamsoat.core.db import Database, migrate
 from tamsoat.core.settings import Settings
 from tamsoat.jobs import EmbeddedRunner
+from tamsoat.observability import outbox_health
 from tamsoat.tasks import TaskContext
 
 log = logging.getLogger(__name__)
@@ -27,22 +33,29 @@ class Service:
         self.db = Database(settings.db_url)
         self.spool = Spool(settings.spool_path)
         self.spool.recover()
-        self.ctx = TaskContext(settings=settings, db=self.db)
+        self.ctx = TaskContext(settings=settings, db=self.db,
+                               sender=functools.partial(send_files, tls_config=settings.dicom.tls))
+        _ = self.ctx.analyzer  # validates the routing rules and every model manifest now, not at the first study
         self.runner = EmbeddedRunner(self.ctx, workers=settings.workers)
-        self.scp = StorageSCP(settings.dicom, self.spool, self._on_stored)
-        self.app = create_app(self.db, probe=self._probe, wake_workers=self.runner.wake)
+        # Instance rows are written by one thread; instances arriving together share a commit.
+        self.sink = BatchingSink(self.db, record_instance)
+        self.scp = StorageSCP(settings.dicom, self.spool, self.sink, commitment_sink=self._on_commitment)
+        self.app = create_app(self.db, probe=self._probe, wake_workers=self.runner.wake, settings=settings)
+        # STOW-RS stores through the SCP's ingest path (one way in for every instance).
+        self.app.state.ingestor = self.scp.ingestor
+        self.app.state.ae_title = settings.dicom.ae_title
 
-    def _on_stored(self, stored: StoredInstance) -> None:
+    def _on_commitment(self, report: CommitmentReport, calling_ae: str) -> None:
         with self.db.session() as s:
-            record_instance(s, stored)
+            apply_commitment_report(s, report, actor=calling_ae or "dicom")
+        self.runner.wake()
 
     def _probe(self) -> dict[str, Any]:
-        return {"dicom_listening": self.scp.is_running, "workers_alive": self.runner.alive}
+        return {"dicom_listening": self.scp.is_running, "workers_alive": self.runner.alive,
+                **outbox_health(self.db, self.settings.outbox_stuck_after_s)}
 
     def start_background(self) -> None:
         """Start everything except the web server."""
-        if not self.settings.dicom.allowed_peers:
-            log.warning("dicom.allow_list_empty any calling AE title may store to this service")
         self.runner.start()
         self.scp.start()
         log.info("service.started dicom_port=%s web_port=%s home=%s", self.scp.port, self.settings.web.port,
@@ -50,6 +63,7 @@ class Service:
 
     def stop(self) -> None:
         self.scp.stop()
+        self.sink.close()
         self.runner.stop()
         self.db.dispose()
         log.info("service.stopped")

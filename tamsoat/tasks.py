@@ -7,7 +7,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,8 @@ from tamsoat.core.db import Database
 from tamsoat.core.domain import JobKind, ModelIdentity, Observer, OutboxState, ReportFinding, StudyState
 from tamsoat.core.settings import Destination, Settings
 from tamsoat.core.tables import Analysis, Finding, Instance, OutboxItem, Report, Study, User
+from tamsoat.deployments import queue_shadow, shadow_analyze
+from tamsoat.research import export_dataset_task
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +63,12 @@ class TaskContext:
                 import torch
 
                 from inference.pipeline import Engine
+                from tamsoat.deployments import DeployedVersions
 
                 torch.set_num_threads(self.settings.inference_threads)  # process-wide: resampling uses torch
                 self._analyzer = Engine(self.settings.models_dir, self.settings.routing_file,
-                                        threads=self.settings.inference_threads)
+                                        threads=self.settings.inference_threads,
+                                        resolve_version=DeployedVersions(self.db))  # promotions (issue 7)
             return self._analyzer
 
 
@@ -130,6 +134,10 @@ def analyze_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> 
             ))
         study.state = StudyState.READY.value
         study.error = ""
+        s.flush()
+        queue_shadow(s, analysis)  # a candidate version set to run in shadow (never shown) runs next
+        if ctx.settings.preliminary_sr:
+            queue.enqueue(s, JobKind.REPORT_PRELIMINARY.value, study_uid)
         audit.record(s, "system", "analysis.completed", study_uid, model=result.identity.model_id,
                      version=result.identity.version, findings=len(result.detections))
     log.info("analysis.completed study=%s findings=%d timings=%s", study_uid, len(result.detections), timings)
@@ -138,7 +146,120 @@ def analyze_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> 
 # --- report_study --------------------------------------------------------------------------------
 
 def report_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> None:
-    """Write the signed SR for a study and queue it for every destination."""
+    """After sign-off: write the signed SR (accepted, edited and added findings), the FHIR
+    DiagnosticReport, and, when an AI result already sent was rejected, an IOCM rejection note that
+    withdraws it; queue the DICOM objects for every destination. After a study is rejected as a
+    whole, only the withdrawal is done."""
+    from reporting import build_measurement_report, encode_part10
+    from reporting.fhir import StudyInfo, build_diagnostic_report
+    from review.decisions import report_findings
+
+    with ctx.db.session() as s:
+        study = s.get(Study, study_uid)
+        analysis = s.scalar(
+            select(Analysis).where(Analysis.study_instance_uid == study_uid, Analysis.current.is_(True))
+        )
+        if study is None or analysis is None or study.state not in (StudyState.SIGNED.value,
+                                                                     StudyState.REJECTED.value):
+            raise ValueError(f"study {study_uid} has no signed analysis to report")
+        signer = s.scalar(select(User).where(User.name == study.signed_by))
+        observer = Observer(name=(signer.display_name or signer.name) if signer else study.signed_by,
+                            organization=ctx.settings.institution)
+        rejected_ai = [f.tracking_uid for f in analysis.findings
+                       if f.source == "ai" and (f.decision == "reject" or f.edited_at is not None)]
+        preliminary = s.scalars(select(Report).where(Report.study_instance_uid == study_uid,
+                                                     Report.kind == PRELIMINARY_KIND)).all()
+        withdraw = [(r.id, Path(r.path)) for r in preliminary] if (
+            study.state == StudyState.REJECTED.value or rejected_ai) else []
+        why = (f"Study rejected for AI review by {observer.name}: {study.review_note}"
+               if study.state == StudyState.REJECTED.value else
+               f"AI result(s) rejected or corrected by {observer.name} at sign-off: "
+               f"{len(rejected_ai)} finding(s); see the signed report")
+        if study.state == StudyState.REJECTED.value:
+            sign_off = None
+        else:
+            paths = s.scalars(
+                select(Instance.path).where(Instance.series_instance_uid == analysis.series_instance_uid,
+                                            Instance.current.is_(True))
+            ).all()
+            identity = _identity(ctx, analysis)
+            findings = report_findings(s, analysis, ctx.settings.institution)
+            study_info = StudyInfo(study_uid, study.patient_id, study.patient_name, study.accession_number)
+            sign_off = (paths, identity, findings, study.lung_rads or None, study_info)
+    written: list[tuple[str, str, str, Path, int]] = []  # kind, sop uid, sop class, path, count
+    if withdraw:
+        written.append(_withdraw(ctx, study_uid, withdraw, observer, why))
+    if sign_off is not None:
+        paths, identity, findings, lung_rads, study_info = sign_off
+        evidence = [pydicom.dcmread(ctx.spool_root / p, stop_before_pixels=True) for p in paths]
+        sr = build_measurement_report(evidence, findings, identity, verifier=observer,
+                                      institution=ctx.settings.institution, lung_rads=lung_rads)
+        out = ctx.settings.reports_path / study_uid / f"{sr.SOPInstanceUID}.dcm"
+        write_durably(out, encode_part10(sr))
+        written.append(("sr", sr.SOPInstanceUID, sr.SOPClassUID, out, len(findings)))
+        bundle = build_diagnostic_report(study_info, findings, identity, verifier=observer,
+                                         sr_sop_instance_uid=sr.SOPInstanceUID, issued=datetime.now(UTC),
+                                         lung_rads=lung_rads or "")
+        fhir_out = ctx.settings.fhir_path / study_uid / f"{sr.SOPInstanceUID}.json"
+        write_durably(fhir_out, bundle.model_dump_json(indent=2).encode())
+    with ctx.db.session() as s:
+        for kind, sop_uid, sop_class, path, count in written:
+            _store_and_queue(ctx, s, study_uid, kind, sop_uid, sop_class, path)
+            audit.record(s, "system", "report.created" if kind == "sr" else "report.withdrawal_created", sop_uid,
+                         study=study_uid, kind=kind, findings=count, destinations=len(ctx.settings.destinations))
+        for report_id, _ in withdraw:
+            row = s.get(Report, report_id)
+            if row is not None:
+                row.kind = WITHDRAWN_KIND
+        if sign_off is not None:
+            audit.record(s, "system", "fhir.written", study_uid, reports=1)
+    log.info("report.created study=%s objects=%s", study_uid, [w[0] for w in written])
+
+
+PRELIMINARY_KIND = "sr-preliminary"
+WITHDRAWN_KIND = "sr-withdrawn"
+
+
+def _identity(ctx: TaskContext, analysis: Analysis) -> ModelIdentity:
+    return ModelIdentity(
+        model_id=analysis.model_id, version=analysis.model_version,
+        name=analysis.model_id, manufacturer=ctx.settings.institution, device_uid=analysis.device_uid,
+        weights_sha256=analysis.weights_sha256,
+    )
+
+
+def _withdraw(ctx: TaskContext, study_uid: str, reports: list[tuple[int, Path]], observer: Observer,
+              why: str) -> tuple[str, str, str, Path, int]:
+    """An IOCM rejection note (KOS, "Rejected for Quality Reasons") for the preliminary reports."""
+    from reporting import encode_part10
+    from reporting.kos import build_rejection_note
+
+    rejected = [pydicom.dcmread(path, stop_before_pixels=True) for _, path in reports]
+    kos = build_rejection_note(rejected, observer=observer, institution=ctx.settings.institution, reason=why)
+    out = ctx.settings.reports_path / study_uid / f"{kos.SOPInstanceUID}.dcm"
+    write_durably(out, encode_part10(kos))
+    return "kos", kos.SOPInstanceUID, kos.SOPClassUID, out, len(rejected)
+
+
+def _store_and_queue(ctx: TaskContext, s: Session, study_uid: str, kind: str, sop_uid: str, sop_class: str,
+                     path: Path) -> None:
+    report = Report(study_instance_uid=study_uid, sop_instance_uid=sop_uid, sop_class_uid=sop_class, kind=kind,
+                    path=str(path), created_at=datetime.now(UTC))
+    s.add(report)
+    s.flush()
+    for dest in ctx.settings.destinations:
+        item = OutboxItem(destination=dest.name, report_id=report.id, state=OutboxState.PENDING.value,
+                          attempts=0, next_attempt_at=datetime.now(UTC), created_at=datetime.now(UTC))
+        s.add(item)
+        s.flush()
+        queue.enqueue(s, SEND_OUTBOX, str(item.id), dedupe=False)
+
+
+# --- report_preliminary (optional: settings.preliminary_sr) --------------------------------------------
+
+def report_preliminary(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> None:
+    """Send the AI's findings at once as an UNVERIFIED SR (for PACS that show AI results before
+    review). A radiologist's later rejection withdraws it with a rejection note (see report_study)."""
     from reporting import build_measurement_report, encode_part10
 
     with ctx.db.session() as s:
@@ -146,94 +267,38 @@ def report_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> N
         analysis = s.scalar(
             select(Analysis).where(Analysis.study_instance_uid == study_uid, Analysis.current.is_(True))
         )
-        if study is None or analysis is None or study.state != StudyState.SIGNED.value:
-            raise ValueError(f"study {study_uid} has no signed analysis to report")
-        signer = s.scalar(select(User).where(User.name == study.signed_by))
-        paths = s.scalars(
-            select(Instance.path).where(Instance.series_instance_uid == analysis.series_instance_uid,
-                                        Instance.current.is_(True))
-        ).all()
-        identity = ModelIdentity(
-            model_id=analysis.model_id, version=analysis.model_version,
-            name=analysis.model_id, manufacturer=ctx.settings.institution, device_uid=analysis.device_uid,
-            weights_sha256=analysis.weights_sha256,
-        )
-        accepted = [
-            ReportFinding(
-                tracking_id=f"Nodule {n}", tracking_uid=f.tracking_uid,
-                center_mm=(f.center_x_mm, f.center_y_mm, f.center_z_mm), diameter_mm=f.diameter_mm,
-                volume_mm3=f.volume_mm3, confidence=f.confidence, decided_by=f.decided_by,
-            )
-            for n, f in enumerate((f for f in analysis.findings if f.decision == "accept"), start=1)
+        if study is None or analysis is None or study.state != StudyState.READY.value:
+            log.info("report.preliminary_skipped study=%s", study_uid)
+            return
+        paths = s.scalars(select(Instance.path).where(
+            Instance.series_instance_uid == analysis.series_instance_uid, Instance.current.is_(True))).all()
+        identity = _identity(ctx, analysis)
+        findings = [
+            ReportFinding(tracking_id=f"AI nodule {n}", tracking_uid=f.tracking_uid,
+                          center_mm=(f.center_x_mm, f.center_y_mm, f.center_z_mm), diameter_mm=f.diameter_mm,
+                          volume_mm3=f.volume_mm3, confidence=f.confidence)
+            for n, f in enumerate((f for f in analysis.findings if f.source == "ai"), start=1)
         ]
-        observer = Observer(name=(signer.display_name or signer.name) if signer else study.signed_by,
-                            organization=ctx.settings.institution)
     evidence = [pydicom.dcmread(ctx.spool_root / p, stop_before_pixels=True) for p in paths]
-    sr = build_measurement_report(evidence, accepted, identity, verifier=observer,
-                                  institution=ctx.settings.institution)
+    sr = build_measurement_report(evidence, findings, identity, verifier=None, institution=ctx.settings.institution,
+                                  series_number=9000)
     out = ctx.settings.reports_path / study_uid / f"{sr.SOPInstanceUID}.dcm"
     write_durably(out, encode_part10(sr))
     with ctx.db.session() as s:
-        report = Report(study_instance_uid=study_uid, sop_instance_uid=sr.SOPInstanceUID,
-                        sop_class_uid=sr.SOPClassUID, kind="sr", path=str(out), created_at=datetime.now(UTC))
-        s.add(report)
-        s.flush()
-        for dest in ctx.settings.destinations:
-            item = OutboxItem(destination=dest.name, report_id=report.id, state=OutboxState.PENDING.value,
-                              attempts=0, next_attempt_at=datetime.now(UTC), created_at=datetime.now(UTC))
-            s.add(item)
-            s.flush()
-            queue.enqueue(s, SEND_OUTBOX, str(item.id), dedupe=False)
-        audit.record(s, "system", "report.created", sr.SOPInstanceUID, study=study_uid,
-                     findings=len(accepted), destinations=len(ctx.settings.destinations))
-    log.info("report.created study=%s sr=%s findings=%d", study_uid, sr.SOPInstanceUID, len(accepted))
+        _store_and_queue(ctx, s, study_uid, PRELIMINARY_KIND, sr.SOPInstanceUID, sr.SOPClassUID, out)
+        audit.record(s, "system", "report.preliminary_created", sr.SOPInstanceUID, study=study_uid,
+                     findings=len(findings), destinations=len(ctx.settings.destinations))
+    log.info("report.preliminary study=%s sr=%s findings=%d", study_uid, sr.SOPInstanceUID, len(findings))
 
 
 # --- send_outbox ---------------------------------------------------------------------------------
 
 def send_outbox(ctx: TaskContext, item_key: str, payload: dict[str, Any]) -> None:
-    """Send one outbox item; retry transient failures with exponential backoff, dead-letter the rest."""
-    with ctx.db.session() as s:
-        item = s.get(OutboxItem, int(item_key))
-        if item is None or item.state != OutboxState.PENDING.value:
-            return
-        report = s.get(Report, item.report_id)
-        assert report is not None
-        dest = next((d for d in ctx.settings.destinations if d.name == item.destination), None)
-        path = Path(report.path)
-        attempts = item.attempts + 1
-    if dest is None:
-        _outbox_result(ctx, item_key, OutboxState.DEAD, None, f"destination {item.destination!r} is not configured")
-        return
-    result = ctx.sender(dest, [path], ctx.settings.dicom.ae_title)[0]
-    if result.outcome == "success":
-        _outbox_result(ctx, item_key, OutboxState.SENT, result.status, result.message)
-        log.info("outbox.sent item=%s dest=%s status=%s", item_key, dest.name, result.status)
-    elif result.outcome == "retry" and attempts < ctx.settings.send_retry_max_attempts:
-        delay = ctx.settings.send_retry_base_s * 2 ** (attempts - 1)
-        _outbox_result(ctx, item_key, OutboxState.PENDING, result.status, result.message, delay_s=delay)
-        raise RetryLater(f"send to {dest.name} failed: {result.message}", delay)
-    else:
-        _outbox_result(ctx, item_key, OutboxState.DEAD, result.status, result.message)
-        log.error("outbox.dead item=%s dest=%s status=%s", item_key, dest.name, result.status)
+    """Send one outbox item; retry transient failures with exponential backoff, dead-letter the rest;
+    obtain storage commitment where the destination asks for it (``tamsoat.sending``)."""
+    from tamsoat.sending import send_item
 
-
-def _outbox_result(ctx: TaskContext, item_key: str, state: OutboxState, status: int | None, message: str,
-                   delay_s: float = 0.0) -> None:
-    with ctx.db.session() as s:
-        item = s.get(OutboxItem, int(item_key))
-        assert item is not None
-        now = datetime.now(UTC)
-        item.attempts += 1
-        item.state = state.value
-        item.last_status = status
-        item.error = "" if state == OutboxState.SENT else message
-        if state == OutboxState.SENT:
-            item.sent_at = now
-        item.next_attempt_at = now + timedelta(seconds=delay_s)
-        if state != OutboxState.PENDING:
-            audit.record(s, "system", f"outbox.{state.value}", str(item.id), destination=item.destination,
-                         status=status)
+    send_item(ctx, item_key, payload)
 
 
 def _set_state(s: Session, study_uid: str, state: StudyState, error: str = "") -> None:
@@ -247,4 +312,9 @@ TASKS: dict[str, Callable[[TaskContext, str, dict[str, Any]], None]] = {
     ANALYZE_STUDY: analyze_study,
     REPORT_STUDY: report_study,
     SEND_OUTBOX: send_outbox,
+    JobKind.REPORT_PRELIMINARY.value: report_preliminary,
+    JobKind.SHADOW_ANALYZE.value: shadow_analyze,
+    JobKind.EXPORT_DATASET.value: export_dataset_task,
 }
+# Long jobs: the embedded runner's sender thread never takes them, so results keep flowing meanwhile.
+HEAVY_KINDS = (ANALYZE_STUDY, JobKind.SHADOW_ANALYZE.value, JobKind.EXPORT_DATASET.value)

@@ -19,6 +19,7 @@ class StudyState(StrEnum):
     SIGNED = "signed"
     FAILED = "failed"  # analysis failed; the reason is on the study
     SKIPPED = "skipped"  # no routing rule matched; nothing to analyse
+    REJECTED = "rejected"  # a radiologist rejected the whole study for AI review (reason on the study)
 
 
 class Decision(StrEnum):
@@ -37,18 +38,37 @@ class JobKind(StrEnum):
     ANALYZE_STUDY = "analyze_study"
     REPORT_STUDY = "report_study"
     SEND_OUTBOX = "send_outbox"
+    REPORT_PRELIMINARY = "report_preliminary"  # optional UNVERIFIED SR right after analysis
+    SHADOW_ANALYZE = "shadow_analyze"  # a candidate model version on a study already analysed (never shown)
+    EXPORT_DATASET = "export_dataset"  # a de-identified research snapshot of signed studies
+
+
+class AnalysisRole(StrEnum):
+    CLINICAL = "clinical"  # the result radiologists review and reports carry
+    SHADOW = "shadow"  # a candidate model's result, stored for comparison only: never current, never shown
 
 
 class OutboxState(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"  # permanent failure (0xA9xx / 0xCxxx); reason kept
+    COMMITTING = "committing"  # sent; waiting for the destination's storage commitment
+    COMMITTED = "committed"  # the destination committed to keep it (storage commitment)
+
+
+class NoduleType(StrEnum):
+    """Nodule attenuation, as Lung-RADS distinguishes it."""
+
+    SOLID = "solid"
+    PART_SOLID = "part_solid"
+    GROUND_GLASS = "ground_glass"
 
 
 class Role(StrEnum):
     RADIOLOGIST = "radiologist"
     ADMIN = "admin"
     RESEARCHER = "researcher"
+    INTEGRATION = "integration"  # a machine: STOW-RS sender (modality, PACS) or metrics scraper; no patient data
 
 
 @dataclass(frozen=True)
@@ -82,9 +102,13 @@ class ReportFinding:
     tracking_uid: str  # stable DICOM UID for this finding
     center_mm: Point3
     diameter_mm: float
-    volume_mm3: float
-    confidence: float
+    volume_mm3: float | None  # None: not measured (e.g. a person gave only the diameter)
+    confidence: float | None  # the AI's, 0..1; None for a finding a person measured
     decided_by: str = ""
+    # Set when a person measured the finding (a radiologist edited an AI finding or added one): the
+    # report names that person as the observer of the group and carries no AI confidence.
+    measured_by: Observer | None = None
+    nodule_type: str = ""  # a NoduleType value, or "" when not stated
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,9 @@ class Destination(BaseModel):
     ae_title: str = Field(pattern=AE_TITLE_PATTERN)
     host: str
     port: int = Field(ge=1, le=65535)
+    storage_commitment: bool = Field(default=False, description="request storage commitment after sending; "
+                                     "a result stays in the outbox until the PACS commits it")
+    tls: bool = Field(default=False, description="DICOM TLS to this peer (client certificate: dicom.tls)")
 
     @field_validator("ae_title")
     @classmethod
@@ -46,6 +49,15 @@ class AllowedPeer(BaseModel):
     host: str
 
 
+class DicomTLS(BaseModel):
+    """DICOM TLS (PS3.15 Annex B): our certificate and key; peers are verified against ``ca_file``."""
+
+    cert_file: Path
+    key_file: Path
+    ca_file: Path | None = Field(default=None, description="CA bundle; when set, peers must present a "
+                                 "certificate it signed (the SCP then requires client certificates)")
+
+
 class DicomSettings(BaseModel):
     ae_title: str = Field(default="TAMSOAT", pattern=AE_TITLE_PATTERN)
     host: str = "0.0.0.0"
@@ -55,11 +67,17 @@ class DicomSettings(BaseModel):
     allowed_peers: list[AllowedPeer] = Field(
         default_factory=list, description="empty: accept any calling AE (log a warning at start)"
     )
+    tls: DicomTLS | None = Field(default=None, description="set: the SCP speaks DICOM TLS only")
 
 
 class WebSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    session_hours: float = Field(default=12.0, gt=0, le=168, description="a login lasts this long")
+    secret_key_file: Path | None = Field(default=None, description="signs session cookies; default: "
+                                         "<home>/web_secret.key, made on first start")
+    secure_cookies: bool = Field(default=False, description="mark cookies Secure (set when served over HTTPS)")
+    default_language: str = Field(default="en", pattern=r"^(en|vi)$")
 
 
 class Settings(BaseSettings):
@@ -78,11 +96,19 @@ class Settings(BaseSettings):
     inference_threads: int = Field(default=2, ge=1, le=256)
     send_retry_base_s: float = Field(default=5.0, gt=0)
     send_retry_max_attempts: int = Field(default=8, ge=1)
+    outbox_stuck_after_s: float = Field(default=3600.0, gt=0, description="health is degraded while a "
+                                        "result has waited longer than this to be sent (or committed)")
+    commitment_wait_s: float = Field(default=10.0, ge=0, description="how long to wait for the storage "
+                                     "commitment report on the sending association")
     institution: str = "tamsoat"
     dicom: DicomSettings = Field(default_factory=DicomSettings)
     web: WebSettings = Field(default_factory=WebSettings)
     destinations: list[Destination] = Field(default_factory=list)
     log_level: str = "INFO"
+    preliminary_sr: bool = Field(default=False, description="send an UNVERIFIED SR as soon as a study is analysed")
+    fhir_dir: Path | None = Field(default=None, description="FHIR DiagnosticReport bundles; default: <home>/fhir")
+    datasets_dir: Path | None = Field(default=None, description="research snapshots exported through the API; "
+                                      "default: <home>/datasets")
 
     @field_validator("destinations")
     @classmethod
@@ -116,6 +142,18 @@ class Settings(BaseSettings):
     @property
     def reports_path(self) -> Path:
         return self.reports_dir or self.home / "reports"
+
+    @property
+    def fhir_path(self) -> Path:
+        return self.fhir_dir or self.home / "fhir"
+
+    @property
+    def datasets_path(self) -> Path:
+        return self.datasets_dir or self.home / "datasets"
+
+    @property
+    def web_secret_path(self) -> Path:
+        return self.web.secret_key_file or self.home / "web_secret.key"
 
 
 class ConfigError(ValueError):

@@ -56,6 +56,12 @@ class Study(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     signed_by: Mapped[str] = mapped_column(String(64), default="")
     signed_at: Mapped[datetime | None] = mapped_column()
+    # Review (issue 6): who holds the study for review, the study-level Lung-RADS category chosen at
+    # sign-off, and why a radiologist rejected the whole study.
+    claimed_by: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    claimed_at: Mapped[datetime | None] = mapped_column()
+    lung_rads: Mapped[str] = mapped_column(String(4), default="", server_default="")
+    review_note: Mapped[str] = mapped_column(Text, default="", server_default="")
 
     instances: Mapped[list[Instance]] = relationship(back_populates="study")
 
@@ -118,6 +124,11 @@ class Analysis(Base):
     current: Mapped[bool] = mapped_column(Boolean, default=True)  # superseded by a re-run: False
     created_at: Mapped[datetime] = mapped_column()
     timings: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Research (issue 7). role: "clinical" (shown, reviewed, reported) or "shadow" (a candidate model run
+    # beside the clinical one; never current, never shown or reported). shadow_of_id: the clinical analysis
+    # of the same series that a shadow analysis is compared with.
+    role: Mapped[str] = mapped_column(String(16), default="clinical", server_default="clinical", index=True)
+    shadow_of_id: Mapped[int | None] = mapped_column(ForeignKey("analyses.id"), index=True)
 
     findings: Mapped[list[Finding]] = relationship(back_populates="analysis", order_by="Finding.id")
 
@@ -138,6 +149,14 @@ class Finding(Base):
     decision: Mapped[str] = mapped_column(String(16), default="")  # "" until decided
     decided_by: Mapped[str] = mapped_column(String(64), default="")
     decided_at: Mapped[datetime | None] = mapped_column()
+    # Review (issue 6). source: "ai" (the model's) or "radiologist" (added by a reader, who is
+    # decided_by). A radiologist's edit keeps the AI's values in ai_values and stamps edited_by/at.
+    source: Mapped[str] = mapped_column(String(16), default="ai", server_default="ai")
+    nodule_type: Mapped[str] = mapped_column(String(16), default="", server_default="")  # solid, part_solid, ...
+    reason: Mapped[str] = mapped_column(Text, default="", server_default="")  # why it was rejected
+    edited_by: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    edited_at: Mapped[datetime | None] = mapped_column()
+    ai_values: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     analysis: Mapped[Analysis] = relationship(back_populates="findings")
 
@@ -188,6 +207,24 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(256), default="")
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column()
+    language: Mapped[str] = mapped_column(String(8), default="en", server_default="en")  # web UI: en, vi
+
+
+class WebSession(Base):
+    """A browser session: the cookie carries a signed random token whose sha256 is the id here."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 of the token
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column()
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+    last_seen_at: Mapped[datetime] = mapped_column()
+    remote: Mapped[str] = mapped_column(String(64), default="")
+    revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+    user: Mapped[User] = relationship()
 
 
 class ApiToken(Base):
@@ -214,3 +251,38 @@ class AuditEvent(Base):
     target: Mapped[str] = mapped_column(String(128), default="")  # a UID or id, never PHI
     remote: Mapped[str] = mapped_column(String(64), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ModelDeployment(Base):
+    """Which registered version of a model the routing uses, and which one runs in shadow beside it.
+
+    No row: the routing rule's version, or the newest registered one. Promotion sets ``active_version`` and
+    keeps the one it replaced in ``previous_version`` (rollback promotes that one again). Every change is
+    audited.
+    """
+
+    __tablename__ = "model_deployments"
+
+    model_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    active_version: Mapped[str] = mapped_column(String(32))
+    previous_version: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    shadow_version: Mapped[str] = mapped_column(String(32), default="", server_default="")  # "": none
+    updated_at: Mapped[datetime] = mapped_column()
+    updated_by: Mapped[str] = mapped_column(String(64), default="")
+
+
+class DatasetSnapshot(Base):
+    """A de-identified research snapshot exported from reviewed studies (no PHI in this row)."""
+
+    __tablename__ = "dataset_snapshots"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the snapshot id (folder name)
+    state: Mapped[str] = mapped_column(String(16), index=True)  # queued, running, done, failed
+    requested_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column()
+    finished_at: Mapped[datetime | None] = mapped_column()
+    since: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    path: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    manifest_sha256: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    error: Mapped[str] = mapped_column(Text, default="", server_default="")

@@ -68,8 +68,9 @@ def make_ct_dataset(
     sop_uid: str | None = None,
     seed: int = 0,
     transfer_syntax: str = ExplicitVRLittleEndian,
+    size: int = 16,
 ) -> Dataset:
-    """A 16x16 CT Image Storage instance with the attributes the gateway reads."""
+    """A ``size`` x ``size`` (default 16) CT Image Storage instance with the attributes the gateway reads."""
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
@@ -108,8 +109,8 @@ def make_ct_dataset(
     ds.KVP = 120
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = 16
-    ds.Columns = 16
+    ds.Rows = size
+    ds.Columns = size
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -117,7 +118,7 @@ def make_ct_dataset(
     ds.RescaleIntercept = -1024
     ds.RescaleSlope = 1
     rng = np.random.default_rng(seed)
-    ds.PixelData = rng.integers(-1000, 1000, size=(16, 16), dtype=np.int16).tobytes()
+    ds.PixelData = rng.integers(-1000, 1000, size=(size, size), dtype=np.int16).tobytes()
     return ds
 
 

@@ -68,3 +68,22 @@ def test_unrecorded_duplicate_is_recorded_and_new_version_supersedes(db: Databas
         rows = s.scalars(select(Instance).order_by(Instance.version)).all()
         assert [(r.version, r.current) for r in rows] == [(1, False), (2, True)]
         assert "instance.new_version" in s.scalars(select(AuditEvent.action)).all()
+
+
+def test_instances_of_a_receiving_study_are_recorded_in_one_batch(db: Database) -> None:
+    """Several instances in one transaction (as the batching sink commits them), the common case
+    included: each gets its row, the study its latest arrival time, modalities their union."""
+    with db.session() as s:
+        record_instance(s, stored("1.2.3.4.1"), now=T0)
+        record_instance(s, stored("1.2.3.4.2"), now=T0 + timedelta(seconds=1))
+        record_instance(s, stored("1.2.3.4.3", modality="PT"), now=T0 + timedelta(seconds=2))
+        record_instance(s, stored("1.2.3.4.4"), now=T0 + timedelta(seconds=3))
+    with db.session() as s:
+        study = s.get(Study, STUDY)
+        assert study is not None and study.state == StudyState.RECEIVING
+        assert study.last_received_at == T0 + timedelta(seconds=3) and study.first_received_at == T0
+        assert study.modalities == "CT\\PT" and study.patient_id == "P1"
+        rows = s.scalars(select(Instance).order_by(Instance.id)).all()
+        assert [r.sop_instance_uid for r in rows] == [f"1.2.3.4.{i}" for i in range(1, 5)]
+        assert all(r.current and r.version == 1 and r.calling_ae_title == "CT1" for r in rows)
+        assert rows[1].received_at == T0 + timedelta(seconds=1)

@@ -412,6 +412,6 @@ def test_unexpected_sink_error_is_logged_without_its_message(
     assert rsp.Status == st.PROCESSING_FAILURE
     assert "ValueError" in rsp.ErrorComment
     failed = [r for r in caplog.records if r.getMessage().startswith("dicom.store.failed")]
-    assert failed and "EVT_C_STORE" in failed[0].getMessage()
+    assert failed and "source=dimse" in failed[0].getMessage()
     assert str(dcmread(src).SOPInstanceUID) in failed[0].getMessage()
     assert "Nguy" not in caplog.text and "PID-0001" not in caplog.text

@@ -243,3 +243,68 @@ def test_write_durably_disk_full_keeps_old_content(tmp_path: Path, monkeypatch: 
         write_durably(target, b"new")
     assert target.read_bytes() == b"old"
     assert temp_files(tmp_path) == []
+
+
+def test_two_fsyncs_per_new_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data file and its directory are fsynced; the index (a cache) is not."""
+    spool = Spool(tmp_path / "spool")
+    for shard in range(256):  # every index shard exists already
+        (spool.root / ".index" / f"{shard:02x}").mkdir(parents=True)
+    first, uids = encode(seed=1)
+    spool.store(first, **uids)  # creates the study and series directories (each new one is fsynced too)
+    calls: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
+    data, more = encode(seed=2, study_uid=uids["study_instance_uid"], series_uid=uids["series_instance_uid"])
+    spool.store(data, **more)
+    assert len(calls) == 2
+
+
+def test_lost_index_never_lets_an_acknowledged_file_be_overwritten(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode(seed=3)
+    first = spool.store(data, **uids)
+    index_files = list((spool.root / ".index").rglob(str(uids["sop_instance_uid"])))
+    assert len(index_files) == 1
+    index_files[0].unlink()  # as if a power failure had lost the (unsynced) index
+
+    again = spool.store(data, **uids)
+    assert again.duplicate and again.version == 1 and again.path_relative == first.path_relative
+
+    index_files[0].unlink()
+    other, _ = encode(seed=4, sop_uid=uids["sop_instance_uid"], study_uid=uids["study_instance_uid"],
+                      series_uid=uids["series_instance_uid"])
+    second = spool.store(other, **uids)
+    assert (second.version, second.duplicate) == (2, False)
+    assert dataset_bytes(spool.path(first.path_relative)) == data  # version 1 kept as it was
+    assert dataset_bytes(spool.path(second.path_relative)) == other
+    assert [v.version for v in spool.versions(uids["sop_instance_uid"])] == [1, 2]
+
+
+@pytest.mark.parametrize("source", [None, "", "MODALITY", "CT1", "AE WITH SPACE", "A\\B"])
+@pytest.mark.parametrize("sop_uid", ["1.2.3", "1.2.34", generate_uid()])
+def test_part10_header_is_what_pydicom_writes(source: str | None, sop_uid: str) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID, JPEG2000Lossless
+
+    from dicom_gateway.spool import part10_header
+    from dicom_gateway.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+
+    for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless):
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = UID(CTImageStorage)
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+        meta.TransferSyntaxUID = UID(syntax)
+        meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        if source and "\\" not in source:
+            meta.SourceApplicationEntityTitle = source
+        buf = DicomBytesIO()
+        buf.is_little_endian = True
+        buf.is_implicit_VR = False
+        write_file_meta_info(buf, meta, enforce_standard=True)
+        ours = part10_header(sop_class_uid=CTImageStorage, sop_instance_uid=sop_uid, transfer_syntax_uid=syntax,
+                             source_ae_title=source)
+        assert ours == b"\x00" * 128 + b"DICM" + buf.getvalue()
