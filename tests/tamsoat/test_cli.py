@@ -29,7 +29,8 @@ def test_config_show_prints_effective_settings(tmp_path: Path, monkeypatch: pyte
     assert result.exit_code == 0, result.output
     shown = yaml.safe_load(result.output)
     assert shown["dicom"]["port"] == 2104 and shown["workers"] == 4
-    assert shown["destinations"] == [{"name": "pacs", "ae_title": "PACS", "host": "h", "port": 1}]
+    assert shown["destinations"] == [{"name": "pacs", "ae_title": "PACS", "host": "h", "port": 1,
+                                      "storage_commitment": False, "tls": False}]
     assert shown["effective"]["database_url"] == f"sqlite:///{home / 'tamsoat.db'}"
 
 
