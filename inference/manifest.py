@@ -87,8 +87,34 @@ class OutputSpec(_Strict):
     label: CodeSpec
 
 
+Runtime = Literal["onnx", "torchscript", "monai-bundle"]
+# The model file each runtime loads when the manifest names no entrypoint.
+_DEFAULT_ENTRYPOINT = {
+    "onnx": (".onnx", lambda n: n.endswith(".onnx")),
+    "torchscript": (".pt or .ts", lambda n: n.endswith((".pt", ".ts"))),
+    "monai-bundle": ("models/model.pt", lambda n: n == "models/model.pt" or n.endswith("/models/model.pt")),
+}
+
+
+class PrecisionSpec(_Strict):
+    """Arithmetic precision per device for the PyTorch runtimes (TorchScript, MONAI bundle).
+
+    ``cpu: bf16`` and ``gpu: fp16`` run the model under ``torch.autocast``; the output is float32
+    either way. ONNX models run as exported (fp32), so an ONNX manifest must keep ``cpu: fp32``.
+    """
+
+    cpu: Literal["fp32", "bf16"] = "fp32"
+    gpu: Literal["fp32", "fp16"] = "fp16"
+
+
 class Manifest(_Strict):
-    """A model manifest (``manifest.yaml``)."""
+    """A model manifest (``manifest.yaml``).
+
+    ``runtime`` picks the runner: ``onnx`` (ONNX Runtime), ``torchscript`` (``torch.jit.load``) or
+    ``monai-bundle`` (a bundle folder: ``configs/inference.json`` with ``network_def`` and
+    ``models/model.pt``, a state dict). A bundle's configuration may only evaluate expressions
+    (``$...``) when ``trusted`` is true; see ``inference.runners.bundle_predictor``.
+    """
 
     id: str = Field(pattern=MODEL_ID_PATTERN)
     version: str = Field(pattern=SEMVER_PATTERN)
@@ -97,7 +123,11 @@ class Manifest(_Strict):
     device_uid: str = Field(pattern=DICOM_UID_PATTERN, max_length=64)
     task: Literal["lung-nodule-detection"]
     intended_use: str = Field(min_length=1)
-    runtime: Literal["onnx"]
+    runtime: Runtime
+    trusted: bool = Field(
+        default=False, description="monai-bundle only: allow the bundle's config to evaluate Python expressions"
+    )
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     input: InputSpec
     output: OutputSpec
     files: dict[str, Sha256] = Field(min_length=1, description="file name -> sha256 (hex)")
@@ -119,20 +149,27 @@ class Manifest(_Strict):
         if self.entrypoint is not None:
             if self.entrypoint not in self.files:
                 raise ValueError(f"entrypoint {self.entrypoint!r} is not listed in files")
-            return self
-        candidates = [n for n in self.files if n.endswith(".onnx")]
-        if len(candidates) != 1:
-            raise ValueError(
-                f"files must list exactly one .onnx file (found {len(candidates)}), or name the entrypoint"
-            )
+        else:
+            what, fits = _DEFAULT_ENTRYPOINT[self.runtime]
+            candidates = [n for n in self.files if fits(n)]
+            if len(candidates) != 1:
+                raise ValueError(
+                    f"files must list exactly one {what} file (found {len(candidates)}) for runtime "
+                    f"{self.runtime}, or name the entrypoint"
+                )
+        if self.trusted and self.runtime != "monai-bundle":
+            raise ValueError("trusted applies to monai-bundle models only")
+        if self.precision.cpu != "fp32" and self.runtime == "onnx":
+            raise ValueError("precision.cpu bf16 needs a PyTorch runtime (torchscript or monai-bundle), not onnx")
         return self
 
     @property
     def model_file(self) -> str:
-        """The file name of the model the runtime loads."""
+        """The file name of the model the runtime loads (for a bundle: its ``models/model.pt``)."""
         if self.entrypoint is not None:
             return self.entrypoint
-        return next(n for n in self.files if n.endswith(".onnx"))
+        fits = _DEFAULT_ENTRYPOINT[self.runtime][1]
+        return next(n for n in self.files if fits(n))
 
     @property
     def weights_sha256(self) -> str:

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -24,11 +25,12 @@ from inference.dicom_series import (
     series_sha256,
     stack_geometry,
 )
+from inference.manifest import Manifest
 from inference.postprocess import detections_from_output
 from inference.preprocess import normalize_hu, resample
-from inference.registry import LoadedModel, Registry
+from inference.registry import LoadedModel, ModelNotFoundError, Registry
 from inference.routing import Router, RoutingDecision, RoutingError
-from inference.runners import sliding_window_predict
+from inference.runners import Predictor, sliding_window_predict
 from inference.volume import Volume
 from tamsoat.core.domain import Detection, ModelIdentity, Point3
 
@@ -63,6 +65,16 @@ class AnalysisResult:
         return k, self.slice_sop_instance_uids[k]
 
 
+class LoadedModelLike(Protocol):
+    """What ``detect_in_volume`` needs of a model: its manifest and a predictor."""
+
+    @property
+    def manifest(self) -> Manifest: ...
+
+    @property
+    def predictor(self) -> Predictor: ...
+
+
 class _Stopwatch:
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -80,35 +92,17 @@ class _Stopwatch:
         return {**self.timings, "total": time.perf_counter() - self._start}
 
 
-def analyze_series(
-    paths: Sequence[Path], model: LoadedModel, *, min_slices: int = MIN_SLICES, batch_size: int = 1
-) -> AnalysisResult:
-    """Analyse the instance files of one series with a loaded model.
+def model_input(volume: Volume, manifest: Manifest) -> Volume:
+    """The model's input grid: ``volume`` (HU) resampled to the model spacing and windowed to [0, 1]."""
+    resampled = resample(volume, manifest.input.spacing_mm)
+    return Volume(array=normalize_hu(resampled.array, manifest.input.window_hu), affine=resampled.affine)
 
-    Raises ``SeriesError`` when the files do not form a clean volume, ``RunnerError`` when the
-    model fails. Large intermediate arrays are released as soon as the next stage has its input.
-    """
+
+def detect_in_grid(grid: Volume, model: LoadedModel | LoadedModelLike, *, batch_size: int = 1,
+                   clock: _Stopwatch | None = None) -> list[Detection]:
+    """Findings on a model-input grid (``model_input``): sliding-window inference, then post-processing."""
     manifest = model.manifest
-    clock = _Stopwatch()
-    with clock.stage("read"):
-        instances = read_instances(paths)
-        input_sha256 = series_sha256(instances)
-    with clock.stage("volume"):
-        headers = [inst.dataset for inst in instances]
-        geometry = stack_geometry(headers, min_slices)
-        volume = build_volume(instances, min_slices, geometry=geometry)
-        first = headers[geometry.order[0]]
-        series_uid = str(first.get("SeriesInstanceUID", ""))
-        frame_uid = str(first.get("FrameOfReferenceUID", ""))
-        sop_uids = tuple(str(headers[n].get("SOPInstanceUID", "")) for n in geometry.order)
-        del instances, headers, first
-    with clock.stage("resample"):
-        resampled = resample(volume, manifest.input.spacing_mm)
-        del volume
-        grid = Volume(
-            array=normalize_hu(resampled.array, manifest.input.window_hu), affine=resampled.affine
-        )
-        del resampled
+    clock = clock or _Stopwatch()
     with clock.stage("inference"):
         output = sliding_window_predict(
             model.predictor,
@@ -127,7 +121,44 @@ def analyze_series(
             kind=manifest.output.kind,
             label=manifest.output.label.meaning,
         )
-        del output
+    return detections
+
+
+def detect_in_volume(volume: Volume, model: LoadedModel | LoadedModelLike, *, batch_size: int = 1) -> list[Detection]:
+    """Findings in an HU volume: ``model_input`` then ``detect_in_grid``.
+
+    The one path from volume to findings: the service (``analyze_series``) and the training stage's
+    evaluation both run it, so evaluation measures exactly what the service runs.
+    """
+    return detect_in_grid(model_input(volume, model.manifest), model, batch_size=batch_size)
+
+
+def analyze_series(
+    paths: Sequence[Path], model: LoadedModel, *, min_slices: int = MIN_SLICES, batch_size: int = 1
+) -> AnalysisResult:
+    """Analyse the instance files of one series with a loaded model.
+
+    Raises ``SeriesError`` when the files do not form a clean volume, ``RunnerError`` when the
+    model fails. Large intermediate arrays are released as soon as the next stage has its input.
+    """
+    clock = _Stopwatch()
+    with clock.stage("read"):
+        instances = read_instances(paths)
+        input_sha256 = series_sha256(instances)
+    with clock.stage("volume"):
+        headers = [inst.dataset for inst in instances]
+        geometry = stack_geometry(headers, min_slices)
+        volume = build_volume(instances, min_slices, geometry=geometry)
+        first = headers[geometry.order[0]]
+        series_uid = str(first.get("SeriesInstanceUID", ""))
+        frame_uid = str(first.get("FrameOfReferenceUID", ""))
+        sop_uids = tuple(str(headers[n].get("SOPInstanceUID", "")) for n in geometry.order)
+        del instances, headers, first
+    with clock.stage("resample"):
+        grid = model_input(volume, model.manifest)
+        del volume
+    detections = detect_in_grid(grid, model, batch_size=batch_size, clock=clock)
+    del grid
     return AnalysisResult(
         series_instance_uid=series_uid,
         identity=model.identity,
@@ -151,6 +182,9 @@ class StudyOutcome:
 
 
 SeriesFiles = Mapping[str, Sequence[Path] | Sequence[tuple[Path, str]]]
+# (model id, the routing rule's version or None) -> the version to run; the service answers from its
+# model deployments (an admin's promotion), so a promotion takes effect at the next study.
+VersionResolver = Callable[[str, str | None], str | None]
 
 
 def _paths(files: Sequence[Path] | Sequence[tuple[Path, str]]) -> list[Path]:
@@ -164,10 +198,12 @@ class Engine:
     loaded the first time a study needs it, then reused.
     """
 
-    def __init__(self, models_dir: Path, routing_file: Path, threads: int = 1) -> None:
+    def __init__(self, models_dir: Path, routing_file: Path, threads: int = 1,
+                 resolve_version: VersionResolver | None = None) -> None:
         self.registry = Registry(models_dir)
         self.router = Router.from_file(routing_file)
         self.threads = threads
+        self.resolve_version = resolve_version
         for rule in self.router.rules.rules:
             try:
                 self.registry.get(rule.model, rule.model_version)
@@ -196,6 +232,17 @@ class Engine:
             log.info("routing.series_skipped series=%s reason=%s", uid, reason)
         if decision is None:
             return None
-        model = self.registry.load(decision.model_id, decision.model_version, threads=self.threads)
+        version = decision.model_version
+        if self.resolve_version is not None:
+            version = self.resolve_version(decision.model_id, version)
+        model = self.load_model(decision.model_id, version)
         result = analyze_series(_paths(series[decision.series_instance_uid]), model)
         return StudyOutcome(rule_name=decision.rule_name, decision=decision, result=result, skipped=skipped)
+
+    def load_model(self, model_id: str, version: str | None = None) -> LoadedModel:
+        """A verified, loaded model; a version registered after start-up is found by scanning again."""
+        try:
+            return self.registry.load(model_id, version, threads=self.threads)
+        except ModelNotFoundError:
+            self.registry.refresh()
+            return self.registry.load(model_id, version, threads=self.threads)

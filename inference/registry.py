@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, version_key
-from inference.runners import OnnxPredictor, Predictor
+from inference.runners import OnnxPredictor, Predictor, TorchScriptPredictor
 from tamsoat.core.domain import ModelIdentity
 
 _CHUNK = 1 << 20
@@ -98,6 +98,11 @@ class Registry:
                 )
             self._models.setdefault(manifest.id, {})[manifest.version] = RegisteredModel(manifest, model_dir)
 
+    def refresh(self) -> None:
+        """Scan the folder again, for versions registered since (models already loaded stay loaded)."""
+        fresh = Registry(self.models_dir)
+        self._models = fresh._models  # one assignment: readers see the old or the new mapping, never half
+
     def model_ids(self) -> list[str]:
         return sorted(self._models)
 
@@ -142,8 +147,19 @@ class Registry:
         return loaded
 
 
-def create_predictor(model: RegisteredModel, threads: int = 1) -> Predictor:
-    """The runner for the manifest's runtime."""
-    if model.manifest.runtime == "onnx":
-        return OnnxPredictor(model.model_path, threads=threads)
-    raise ManifestError(f"runtime {model.manifest.runtime!r} is not supported")  # pragma: no cover
+def create_predictor(model: RegisteredModel, threads: int = 1, device: str | None = None) -> Predictor:
+    """The runner for the manifest's runtime; ``device`` (``cpu``/``cuda``) defaults to a GPU when present."""
+    manifest = model.manifest
+    cpu, gpu = manifest.precision.cpu, manifest.precision.gpu
+    if manifest.runtime == "onnx":
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return OnnxPredictor(model.model_path, threads=threads, providers=providers)
+    if manifest.runtime == "torchscript":
+        return TorchScriptPredictor(model.model_path, threads=threads, device=device, cpu_precision=cpu,
+                                    gpu_precision=gpu)
+    if manifest.runtime == "monai-bundle":
+        from inference.runners.bundle_predictor import BundlePredictor  # imports monai.bundle
+
+        return BundlePredictor(model.model_path, trusted=manifest.trusted, threads=threads, device=device,
+                               cpu_precision=cpu, gpu_precision=gpu)
+    raise ManifestError(f"runtime {manifest.runtime!r} is not supported")  # pragma: no cover

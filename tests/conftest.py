@@ -18,3 +18,22 @@ def db(tmp_path: Path) -> Iterator[Database]:
     database = Database(url)
     yield database
     database.dispose()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``gpu`` run where PyTorch sees a CUDA GPU and are deselected (not skipped) elsewhere.
+
+    Deselected tests show in the summary as "deselected", so a missing feature never hides as a skip;
+    ``-m gpu`` on a machine without a GPU selects them and they fail loudly.
+    """
+    if "gpu" in (config.getoption("-m") or ""):
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    config.hook.pytest_deselected(items=gpu)
+    items[:] = [item for item in items if item.get_closest_marker("gpu") is None]

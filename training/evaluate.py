@@ -1,10 +1,11 @@
 """Held-out evaluation of an exported model on fresh phantoms: sensitivity and false positives per scan.
 
-This is the training stage's own yardstick, deliberately simple: sliding-window ONNX Runtime
-inference on the shared pre-processing, ``sigmoid(logit) > threshold``, ``scipy.ndimage.label``,
-components smaller than the manifest's ``min_diameter_mm`` dropped, and a detection matches a
-nodule when its centroid lies within the nodule's radius (at least ``MIN_MATCH_RADIUS_MM``) of the
-nodule's centre. The service's own post-processing lives in ``inference/``.
+Evaluation runs the service's own path from volume to findings (``inference.pipeline.detect_in_volume``:
+the shared pre-processing, the manifest's runner and sliding window, ``inference.postprocess``), so it
+measures exactly what the service runs. What it adds is the yardstick: a detection matches a nodule
+when its centroid lies within the nodule's radius (at least ``MIN_MATCH_RADIUS_MM``) of the nodule's
+centre. ``sliding_window_logits`` and ``detect`` are thin adapters onto the same inference code for
+callers that hold an ONNX Runtime session and a logits array.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
-import yaml
-from scipy import ndimage
 
-from inference.preprocess import normalize_hu, resample
+from inference.manifest import MANIFEST_NAME, load_manifest
+from inference.pipeline import detect_in_volume
+from inference.postprocess import detections_from_output
+from inference.registry import LoadedModel, RegisteredModel, create_predictor, verify_files
+from inference.runners import sliding_window_predict
 from inference.volume import Volume
+from tamsoat.core.domain import Detection as ServiceDetection
 from training.phantom import NODULE_KINDS, Phantom, PhantomNodule, make_phantom
 
 F32 = npt.NDArray[np.float32]
@@ -58,68 +62,43 @@ def open_session(model_path: Path, threads: int = 2) -> ort.InferenceSession:
     return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
 
 
-def _taper(n: int, margin: int) -> F32:
-    w = np.ones(n, dtype=np.float32)
-    if margin > 0:
-        ramp = (np.arange(margin, dtype=np.float32) + 1.0) / (margin + 1.0)
-        w[:margin] = ramp
-        w[n - margin:] = ramp[::-1]
-    return w
+class _SessionPredictor:
+    """An ONNX Runtime session (or anything with its ``get_inputs``/``run``) as a ``Predictor``."""
 
+    def __init__(self, session: ort.InferenceSession) -> None:
+        self._session = session
+        self._name = session.get_inputs()[0].name
 
-def _starts(size: int, patch: int, step: int) -> list[int]:
-    if size <= patch:
-        return [0]
-    starts = [*range(0, size - patch, step), size - patch]
-    return sorted(set(starts))
+    @property
+    def fixed_shape(self) -> tuple[int, int, int] | None:
+        return None
+
+    @property
+    def max_batch(self) -> int | None:
+        return None
+
+    def predict(self, x: F32) -> F32:
+        return np.asarray(self._session.run(None, {self._name: x})[0], dtype=np.float32)
 
 
 def sliding_window_logits(session: ort.InferenceSession, image: F32, patch: Sequence[int], divisible_by: int,
                           overlap: int = 16) -> F32:
-    """Logits for a whole ``[k, j, i]`` image: zero-padded to the stride, tiled with tapered overlap."""
-    shape = np.array(image.shape)
-    padded_shape = np.maximum(-(-shape // divisible_by) * divisible_by, divisible_by)
-    patch_a = np.minimum(np.array(patch), padded_shape)
-    padded = np.zeros(tuple(padded_shape), dtype=np.float32)
-    padded[: shape[0], : shape[1], : shape[2]] = image
-    out = np.zeros_like(padded)
-    weight = np.zeros_like(padded)
-    tapers = [_taper(int(p), overlap // 2 if p < s else 0) for p, s in zip(patch_a, padded_shape, strict=True)]
-    w3 = tapers[0][:, None, None] * tapers[1][None, :, None] * tapers[2][None, None, :]
-    name = session.get_inputs()[0].name
-    for k in _starts(int(padded_shape[0]), int(patch_a[0]), int(patch_a[0]) - overlap):
-        for j in _starts(int(padded_shape[1]), int(patch_a[1]), int(patch_a[1]) - overlap):
-            for i in _starts(int(padded_shape[2]), int(patch_a[2]), int(patch_a[2]) - overlap):
-                sl = (slice(k, k + patch_a[0]), slice(j, j + patch_a[1]), slice(i, i + patch_a[2]))
-                logits = session.run(None, {name: padded[sl][None, None]})[0][0, 0]
-                out[sl] += logits * w3
-                weight[sl] += w3
-    out /= np.maximum(weight, 1e-6)
-    return out[: shape[0], : shape[1], : shape[2]]
+    """Logits for a whole ``[k, j, i]`` image through the service's sliding window (``overlap`` in voxels)."""
+    patch_size = (int(patch[0]), int(patch[1]), int(patch[2]))
+    fraction = min(0.9, max(0.0, overlap / min(patch_size)))
+    return sliding_window_predict(_SessionPredictor(session), image, patch_size, overlap=fraction,
+                                  divisible_by=divisible_by)
 
 
 def detect(logits: F32, grid: Volume, threshold: float, min_diameter_mm: float) -> list[Detection]:
-    """Connected components of ``sigmoid(logits) > threshold`` as detections (centroid, equivalent diameter)."""
-    logit_threshold = math.log(threshold / (1.0 - threshold))
-    mask = logits > logit_threshold
-    labels, _ = ndimage.label(mask)
-    voxel_mm3 = float(np.prod(grid.spacing))
-    out = []
-    # Per component inside its bounding box (scipy's labelled reductions are slow on big volumes).
-    for label, box in enumerate(ndimage.find_objects(labels), start=1):
-        if box is None:
-            continue
-        component = labels[box] == label
-        count = int(component.sum())
-        diameter = (6.0 * count * voxel_mm3 / math.pi) ** (1.0 / 3.0)
-        if diameter < min_diameter_mm:
-            continue
-        centroid_kji = np.argwhere(component).mean(axis=0) + np.array([sl.start for sl in box])
-        peak = float(logits[box][component].max())
-        c = grid.index_to_patient(centroid_kji[::-1])
-        out.append(Detection(center_mm=(float(c[0]), float(c[1]), float(c[2])), diameter_mm=float(diameter),
-                             score=float(1.0 / (1.0 + math.exp(-peak)))))
-    return out
+    """Findings in a logits array on ``grid`` through the service's post-processing (``inference.postprocess``)."""
+    grid = grid if grid.array.shape == logits.shape else Volume(array=logits, affine=grid.affine)
+    found = detections_from_output(logits, grid, threshold=threshold, min_diameter_mm=min_diameter_mm)
+    return [_as_detection(d) for d in found]
+
+
+def _as_detection(d: ServiceDetection) -> Detection:
+    return Detection(center_mm=d.center_mm, diameter_mm=d.diameter_mm, score=d.confidence)
 
 
 def match(detections: list[Detection], nodules: Sequence[PhantomNodule]) -> tuple[list[bool], int]:
@@ -170,18 +149,17 @@ class Evaluation:
 
 def evaluate_model(model_dir: Path, scans: int = 10, *, threads: int = 2, seed_base: int = HELD_OUT_SEED_BASE,
                    log: Any = print) -> dict[str, Any]:
-    """Run the model in ``model_dir`` (manifest.yaml + model.onnx) on ``scans`` held-out phantoms."""
-    manifest = yaml.safe_load((model_dir / "manifest.yaml").read_text())
-    spec_in, spec_out = manifest["input"], manifest["output"]
-    session = open_session(model_dir / "model.onnx", threads)
+    """Run the model in ``model_dir`` (a model folder: manifest.yaml and its files, any runtime) on
+    ``scans`` held-out phantoms, through the service's own inference path."""
+    manifest = load_manifest(model_dir / MANIFEST_NAME)
+    model = RegisteredModel(manifest, model_dir)
+    verify_files(model)
+    loaded = LoadedModel(manifest=manifest, identity=model.identity, predictor=create_predictor(model, threads))
     ev = Evaluation()
     for n in range(scans):
         phantom = held_out_phantom(n, seed_base=seed_base)
         t0 = time.monotonic()
-        grid = resample(phantom.volume, tuple(spec_in["spacing_mm"]))
-        image = normalize_hu(grid.array, tuple(spec_in["window_hu"]))
-        logits = sliding_window_logits(session, image, spec_in["patch_size"], int(spec_in["divisible_by"]))
-        dets = detect(logits, grid, float(spec_out["threshold"]), float(spec_out["min_diameter_mm"]))
+        dets = [_as_detection(d) for d in detect_in_volume(phantom.volume, loaded)]
         ev.inference_s.append(time.monotonic() - t0)
         found, fps = match(dets, phantom.nodules)
         ev.scans += 1

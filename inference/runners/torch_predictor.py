@@ -1,0 +1,80 @@
+"""The PyTorch side of the ``Predictor`` seam: a ``torch.nn.Module`` on CUDA when present, else CPU.
+
+Shared by the TorchScript and MONAI-bundle runners. On a GPU the model runs under fp16 autocast by
+default; on the CPU in fp32, or under bf16 autocast when the manifest asks for it (``precision``).
+The output always comes back as float32 numpy.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
+
+import numpy as np
+import torch
+
+from inference.runners.onnx_predictor import RunnerError
+from inference.volume import FloatArray
+
+CpuPrecision = Literal["fp32", "bf16"]
+GpuPrecision = Literal["fp32", "fp16"]
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def default_device() -> str:
+    """``cuda`` when PyTorch sees a CUDA GPU, else ``cpu``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class TorchPredictor:
+    """Runs a module taking ``(N, 1, D, H, W)`` float32 and returning a same-shaped output.
+
+    ``threads`` sets PyTorch's intra-op thread count on the CPU; PyTorch has one pool per process,
+    so the last runner built decides it (the service builds its runners with the same setting).
+    """
+
+    def __init__(self, module: torch.nn.Module, *, source: str, device: str | None = None,
+                 cpu_precision: CpuPrecision = "fp32", gpu_precision: GpuPrecision = "fp16",
+                 threads: int = 1) -> None:
+        if threads < 1:
+            raise ValueError("threads must be at least 1")
+        self.device = torch.device(device or default_device())
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RunnerError(f"model {source} asks for {self.device} but PyTorch sees no CUDA GPU")
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)
+        self.precision: str = gpu_precision if self.device.type == "cuda" else cpu_precision
+        self.source = source
+        self._module = module.to(self.device).eval()
+
+    @property
+    def fixed_shape(self) -> tuple[int, int, int] | None:
+        return None
+
+    @property
+    def max_batch(self) -> int | None:
+        return None
+
+    def _autocast(self) -> torch.autocast | nullcontext[None]:
+        dtype = _DTYPES.get(self.precision)
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise RunnerError(f"model input must be (N, 1, D, H, W), not {x.shape}")
+        tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        try:
+            with torch.inference_mode(), self._autocast():
+                out = self._module(tensor)
+        except RuntimeError as exc:
+            raise RunnerError(f"model {self.source} failed on input {tuple(x.shape)}: {exc}") from exc
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, torch.Tensor):
+            raise RunnerError(f"model {self.source} returned {type(out).__name__}, not a tensor")
+        if tuple(out.shape) != tuple(x.shape):
+            raise RunnerError(f"model output {tuple(out.shape)} does not match its input {tuple(x.shape)}")
+        result: FloatArray = out.detach().to("cpu", torch.float32).numpy()
+        return result
