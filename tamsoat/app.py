@@ -15,6 +15,7 @@ from review.api import router as review_router
 from review.errors import install_error_handlers
 from review.sessions import load_or_create_secret
 from review.web import install as install_web
+from tamsoat.api_docs import install_api_docs
 from tamsoat.core.db import Database
 from tamsoat.core.domain import OutboxState
 from tamsoat.core.settings import Settings
@@ -28,7 +29,7 @@ HealthProbe = Callable[[], dict[str, Any]]
 def create_app(db: Database, probe: HealthProbe | None = None, wake_workers: Callable[[], None] | None = None,
                settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
-        title="tamsoat", version=tamsoat.__version__,
+        title="tamsoat", version=tamsoat.__version__, docs_url=None, redoc_url=None,
         description="On-premise AI screening: DICOM in, AI findings reviewed by a radiologist, signed reports out. "
                     "Every /api route needs `Authorization: Bearer <token>` (`tamsoat tokens create NAME`).",
     )
@@ -36,6 +37,7 @@ def create_app(db: Database, probe: HealthProbe | None = None, wake_workers: Cal
     app.state.wake_workers = wake_workers
     app.state.settings = settings  # the research routes need the spool, models and datasets folders
     install_error_handlers(app)
+    install_api_docs(app)
     app.include_router(review_router)
     app.include_router(gateway_router)  # outbox admin API, /metrics, DICOMweb STOW-RS
     app.include_router(research_router)  # dataset exports, model deployments, shadow reports (issue 7)

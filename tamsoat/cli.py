@@ -173,6 +173,7 @@ _register_gateway_commands(app)  # tamsoat dicom …, tamsoat outbox …
 from tamsoat.cli_research import register as _register_research_commands  # noqa: E402
 
 _register_research_commands(app)  # tamsoat dataset …, tamsoat models … (issue 7)
+import tamsoat.cli_models  # noqa: E402, F401 (adds tamsoat models show|verify)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ router = APIRouter(prefix="/api/v1", tags=["research"])
 
 Researcher = Annotated[Principal, Depends(require_roles(Role.RESEARCHER, Role.ADMIN))]
 Admin = Annotated[Principal, Depends(require_roles(Role.ADMIN))]
-SYNC_EXPORT_MAX_STUDIES = 10  # larger exports run as a job (202 + poll GET /datasets/{id})
+SYNC_EXPORT_MAX_STUDIES = 5  # larger exports run as a job (202 + poll GET /datasets/{id})
 
 
 class ExportIn(BaseModel):

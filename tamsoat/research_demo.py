@@ -103,8 +103,9 @@ def write_study(out_dir: Path, ident: Identity, *, seed: int, diameters: Sequenc
             count -= 1
             if count == 0:
                 raise
-    paths = write_ct_series(phantom, out_dir, patient_name=ident.patient_name, patient_id=ident.patient_id,
-                            study_description=ident.study_description, seed=seed)
+    # The identity goes in afterwards, in UTF-8 (the series writer uses Latin-1).
+    paths = write_ct_series(phantom, out_dir, patient_name="PENDING^IDENTITY", patient_id=ident.patient_id,
+                            study_description="PENDING", seed=seed)
     stamp_identity(paths, ident)
     return paths, phantom.nodules
 
@@ -290,3 +291,21 @@ def notebook_parameters(**defaults: Any) -> dict[str, Any]:
         out[name] = raw.lower() in ("1", "true", "yes") if isinstance(default, bool) else type(default)(raw) if (
             default is not None) else raw
     return out
+
+
+def register_candidate(site: Site, candidate: Path, version: str | None = None) -> Any:
+    """Register a candidate model folder at ``site`` as a version (default: the next minor one) after checking
+    that the site's user may (researcher or admin); the version in use stays active until promoted."""
+    import yaml
+
+    from inference.registry import Registry
+    from tamsoat.deployments import register_version
+    from tamsoat.research import EXPORT_ROLES, check_user
+    from training.register import next_minor
+
+    with site.db.session() as s:
+        check_user(s, site.user, EXPORT_ROLES)
+    model_id = str(yaml.safe_load((Path(candidate) / "manifest.yaml").read_text())["id"])
+    registry = Registry(site.settings.models_dir)
+    version = version or next_minor(registry.versions(model_id) if model_id in registry.model_ids() else [])
+    return register_version(site.db, site.settings, Path(candidate), version, site.actor, model_id=model_id)

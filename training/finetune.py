@@ -1,0 +1,406 @@
+"""Retrain or fine-tune the nodule network from a research snapshot (``training.snapshot``), with phantoms.
+
+A research configuration is a training configuration (``training.config.TrainConfig``) plus a ``research``
+section::
+
+    research:
+      snapshot: ../../snapshots/snapshot-2026...   # relative to this file; or given to ``finetune``
+      snapshot_split: train      # train | test | all
+      init_from: ../../models/lung-nodule-phantom/0.1.0   # a model folder (ONNX-start weights) or a .pt
+      snapshot_repeat: 4         # a snapshot case is drawn as often as this many phantoms
+      use_phantoms: true         # keep training on the synthetic phantoms too (against forgetting)
+      freeze_batchnorm: true     # BatchNorm in eval mode while fine-tuning
+
+**Starting weights.** The PyTorch checkpoint of a shipped model is not shipped; its ONNX file is. ONNX
+export folds each convolution's BatchNorm into the convolution, so ``network_from_onnx`` rebuilds the
+network with those folded weights and identity BatchNorm (mean 0, variance 1 - eps, scale 1, shift = the
+folded bias); the rebuilt network reproduces the ONNX output (checked on every load). Fine-tuning then
+keeps BatchNorm in eval mode, the usual choice for small-batch fine-tuning, so the network starts exactly
+where the shipped model is. A ``.pt`` checkpoint (``training.train``) may be given instead; without
+``init_from`` the network is trained from scratch.
+
+**Data.** Snapshot cases go through the same pre-processing as phantoms and as the service
+(``inference.preprocess`` via ``training.dataset.preprocess``) at the parent model's spacing and window.
+Positives become labelled nodules (equivalent spheres); hard negatives (rejected AI findings) become
+patch centres drawn with the vessel share of patches, so the network sees what radiologists rejected.
+
+The checkpoints are ``training.train``'s (``training.export`` exports them); ``lineage.json`` records the
+parent model, the snapshot (id, manifest sha256, counts) and the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+import yaml
+from onnx import numpy_helper
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from inference.manifest import load_manifest
+from training.config import ModelConfig, TrainConfig
+from training.dataset import Case, PatchSampler, build_cache, candidate_points, load_case, preprocess
+from training.evaluate import open_session
+from training.export import export_onnx, load_trained
+from training.network import NoduleNet, build_network
+from training.snapshot import Snapshot, SnapshotCase, read_snapshot
+from training.train import (
+    BEST,
+    LAST,
+    Loss,
+    _Log,
+    _lr_lambda,
+    evaluate_patches,
+    save_checkpoint,
+    train_seeds,
+    val_seeds,
+)
+
+PARITY_TOLERANCE = 1e-4
+LINEAGE = "lineage.json"
+
+
+class ResearchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snapshot: str | None = None
+    snapshot_split: str = Field(default="train", pattern=r"^(train|test|all)$")
+    init_from: str | None = None
+    snapshot_repeat: int = Field(default=4, ge=1, le=100)
+    use_phantoms: bool = True
+    freeze_batchnorm: bool = True
+    hard_negative_share: float = Field(default=0.5, ge=0.0, le=1.0,
+                                       description="of a snapshot case's vessel-patch centres, the share on "
+                                                   "rejected AI findings")
+
+
+class ResearchConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    train: TrainConfig
+    research: ResearchOptions
+    source: Path
+
+    def resolve(self, value: str | None) -> Path | None:
+        """A path from the config, relative to the config file's folder."""
+        if not value:
+            return None
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.source.parent / p).resolve()
+
+
+def load_research_config(path: Path) -> ResearchConfig:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    research = data.pop("research", {}) or {}
+    return ResearchConfig(train=TrainConfig.model_validate(data), research=ResearchOptions.model_validate(research),
+                          source=Path(path).resolve())
+
+
+# --- starting weights from an ONNX file -----------------------------------------------------------------
+
+def network_from_onnx(model_path: Path, *, check: bool = True) -> NoduleNet:
+    """The ``NoduleNet`` whose eval-mode output is the ONNX model's (BatchNorm folded into convolutions).
+
+    Raises ValueError when the ONNX graph is not a NoduleNet export or (with ``check``) the outputs differ by
+    more than ``PARITY_TOLERANCE``.
+    """
+    graph = onnx.load(str(model_path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    weights = [inits.get(n.input[1]) for n in convs]
+    if len(weights) < 7 or any(w is None or w.ndim != 5 for w in weights):
+        raise ValueError(f"{model_path} is not an export of training.network.NoduleNet")
+    features = (int(weights[0].shape[0]), int(weights[3].shape[0]), int(weights[6].shape[0]))  # type: ignore[union-attr]
+    net = build_network(features)
+    modules = dict(net.named_modules())
+    conv_names = [name for name, m in net.named_modules() if isinstance(m, nn.Conv3d)]
+    if len(conv_names) != len(convs):
+        raise ValueError(f"{model_path} has {len(convs)} convolutions; NoduleNet{features} has {len(conv_names)}")
+    state = net.state_dict()
+    done: set[str] = set()
+    for name, node, w in zip(conv_names, convs, weights, strict=True):
+        assert w is not None
+        if tuple(state[f"{name}.weight"].shape) != w.shape:
+            raise ValueError(f"{model_path}: convolution {name} has shape {w.shape}, expected "
+                             f"{tuple(state[name + '.weight'].shape)}")
+        state[f"{name}.weight"] = torch.from_numpy(w.copy())
+        done.add(f"{name}.weight")
+        parent, _, index = name.rpartition(".")
+        bn_name = f"{parent}.{int(index) + 1}"
+        bn = modules.get(bn_name)
+        if not isinstance(bn, nn.BatchNorm3d):
+            raise ValueError(f"{model_path}: no BatchNorm after convolution {name}")
+        bias = inits[node.input[2]] if len(node.input) > 2 else np.zeros(w.shape[0], dtype=np.float32)
+        state[f"{bn_name}.weight"] = torch.ones(w.shape[0])
+        state[f"{bn_name}.bias"] = torch.from_numpy(bias.astype(np.float32).copy())
+        state[f"{bn_name}.running_mean"] = torch.zeros(w.shape[0])
+        state[f"{bn_name}.running_var"] = torch.full((w.shape[0],), 1.0 - bn.eps)
+        done |= {f"{bn_name}.{k}" for k in ("weight", "bias", "running_mean", "running_var")}
+    for key in state:  # transposed convolutions and their BatchNorm keep their parameter names
+        if key not in done and key in inits:
+            state[key] = torch.from_numpy(inits[key].copy())
+            done.add(key)
+    missing = [k for k in state if k not in done and not k.endswith("num_batches_tracked")]
+    if missing:
+        raise ValueError(f"{model_path}: no weights for {', '.join(missing[:5])}")
+    net.load_state_dict(state)
+    net.eval()
+    if check:
+        diff = onnx_parity(net, model_path)
+        if diff > PARITY_TOLERANCE:
+            raise ValueError(f"{model_path}: the rebuilt network differs from the ONNX model by {diff:.2e}")
+    return net
+
+
+def onnx_parity(net: NoduleNet, model_path: Path, shape: tuple[int, int, int] = (32, 40, 48)) -> float:
+    """Max absolute difference between the network (eval mode) and ONNX Runtime on a fixed random input."""
+    x = np.random.default_rng(7).random((1, 1, *shape), dtype=np.float32)
+    was_training = net.training
+    net.eval()
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    net.train(was_training)
+    got = open_session(model_path).run(None, {"image": x})[0]
+    return float(np.max(np.abs(got - expected)))
+
+
+# --- snapshot cases ----------------------------------------------------------------------------------------
+
+def prepare_snapshot_case(case: SnapshotCase, snapshot_id: str, cfg: TrainConfig, cache_dir: Path,
+                          hard_negative_share: float = 0.5) -> Path:
+    """Pre-process one snapshot case onto the model grid and cache it as ``training.dataset`` caches phantoms."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"snap_{snapshot_id}_{case.case_id}"
+    meta_path, image_path = cache_dir / f"{stem}.npz", cache_dir / f"{stem}.npy"
+    if meta_path.exists() and image_path.exists():
+        return meta_path
+    image, grid = preprocess(case.load_volume(), cfg.data)
+    spacing_kji = np.array(grid.spacing[::-1])
+    positives = case.positives
+    centers = np.array([grid.patient_to_index(p.center_mm)[::-1] for p in positives]).reshape(-1, 3)
+    diameters = np.array([p.diameter_mm for p in positives], dtype=np.float64)
+    radii = diameters[:, None] / 2.0 / spacing_kji[None, :]
+    rng = np.random.default_rng([zlib.crc32(stem.encode()), 11])
+    lung_pts, vessel_pts = candidate_points(image, cfg.data.window_hu, rng)
+    if len(vessel_pts) and len(centers):
+        d = (vessel_pts[:, None, :] - centers[None, :, :]) / np.maximum(radii[None], 1e-6)
+        vessel_pts = vessel_pts[np.all(np.sum(d * d, axis=2) > 1.5**2, axis=1)]
+    shape = np.array(image.shape)
+    hard = np.array([np.clip(np.rint(grid.patient_to_index(n.center_mm)[::-1]), 0, shape - 1)
+                     for n in case.hard_negatives], dtype=np.int64).reshape(-1, 3)
+    if len(hard) and hard_negative_share > 0:
+        # Repeat them so that they make up ``hard_negative_share`` of the centres drawn from this list.
+        want = max(len(hard), round(hard_negative_share / max(1e-6, 1 - hard_negative_share) * len(vessel_pts)))
+        hard = hard[np.arange(want) % len(hard)]
+        vessel_pts = np.concatenate([hard, vessel_pts]) if hard_negative_share < 1 else hard
+    tmp = image_path.with_suffix(".tmp.npy")
+    np.save(tmp, image.astype(np.float16))
+    np.savez(meta_path.with_suffix(".tmp.npz"), centers_kji=centers, radii_kji=radii, diameters_mm=diameters,
+             lung_points=lung_pts, vessel_points=vessel_pts, affine=grid.affine)
+    tmp.replace(image_path)
+    meta_path.with_suffix(".tmp.npz").replace(meta_path)
+    return meta_path
+
+
+def snapshot_cases(snapshot: Snapshot, cfg: TrainConfig, cache_dir: Path, *, split: str = "train",
+                   hard_negative_share: float = 0.5, log: Callable[[str], None] = print) -> list[Case]:
+    out = []
+    for case in snapshot.split(split):
+        log(f"snapshot case {case.case_id}: {len(case.positives)} positives, {len(case.hard_negatives)} "
+            "hard negatives")
+        out.append(load_case(prepare_snapshot_case(case, snapshot.snapshot_id, cfg, cache_dir, hard_negative_share)))
+    return out
+
+
+# --- the run ---------------------------------------------------------------------------------------------
+
+def _starting_network(init: Path | None, cfg: TrainConfig) -> tuple[NoduleNet, TrainConfig, dict[str, Any] | None,
+                                                                     str]:
+    """The network to start from, the config adjusted to it (features, spacing, window), the parent, a note."""
+    if init is None:
+        return build_network(cfg.model.features), cfg, None, "trained from scratch"
+    if init.is_dir():
+        manifest = load_manifest(init / "manifest.yaml")
+        net = network_from_onnx(init / manifest.model_file)
+        data = cfg.data.model_copy(update={"spacing_mm": tuple(manifest.input.spacing_mm),
+                                           "window_hu": tuple(manifest.input.window_hu)})
+        cfg = cfg.model_copy(update={"model": ModelConfig(features=net.features), "data": data,
+                                     "threshold": manifest.output.threshold})
+        parent = {"id": manifest.id, "version": manifest.version, "weights_sha256": manifest.weights_sha256,
+                  "device_uid": manifest.device_uid}
+        return net, cfg, parent, "fine-tuned from its ONNX weights (BatchNorm folded, kept frozen)"
+    net, ckcfg, info = load_trained(init)
+    data = cfg.data.model_copy(update={"spacing_mm": ckcfg.data.spacing_mm, "window_hu": ckcfg.data.window_hu})
+    cfg = cfg.model_copy(update={"model": ckcfg.model, "data": data})
+    return net, cfg, {"checkpoint": str(init), "step": info.get("step")}, "fine-tuned from a training checkpoint"
+
+
+def _freeze_batchnorm(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
+
+
+def finetune(config_path: Path, out_dir: Path, *, snapshot: Path | None = None, init_from: Path | None = None,
+             steps: int | None = None, log: Callable[[str], None] | None = None) -> Path:
+    """Train as the research config says, into ``out_dir``; return the best checkpoint's path.
+
+    ``snapshot``, ``init_from`` and ``steps`` override the config. Writes ``config.yaml``, ``metrics.jsonl``,
+    ``checkpoint_last.pt``, ``checkpoint_best.pt`` (``training.train``'s format) and ``lineage.json``.
+    """
+    rc = load_research_config(config_path)
+    opts = rc.research
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = log or (lambda m: print(f"[finetune] {m}", flush=True))
+    snap_path = Path(snapshot) if snapshot else rc.resolve(opts.snapshot)
+    init = Path(init_from) if init_from else rc.resolve(opts.init_from)
+    cfg = rc.train if steps is None else rc.train.model_copy(update={"steps": int(steps)})
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    net, cfg, parent, how = _starting_network(init, cfg)
+    freeze = opts.freeze_batchnorm and init is not None
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(
+        {**cfg.model_dump(mode="json"), "research": {**opts.model_dump(mode="json"),
+                                                    "snapshot": str(snap_path) if snap_path else None,
+                                                    "init_from": str(init) if init else None}}, sort_keys=False))
+    cache = out_dir / "cache"
+    cases: list[Case] = []
+    snap: Snapshot | None = None
+    snap_cases: list[Case] = []
+    if snap_path is not None:
+        snap = read_snapshot(snap_path)
+        snap_cases = snapshot_cases(snap, cfg, cache, split=opts.snapshot_split,
+                                    hard_negative_share=opts.hard_negative_share, log=say)
+        cases += snap_cases * opts.snapshot_repeat
+    if opts.use_phantoms:
+        say(f"preparing {cfg.data.train_phantoms} training phantoms")
+        cases += build_cache(cfg.data, cache, train_seeds(cfg), log=say)
+    if not cases:
+        raise ValueError("nothing to train on: give a snapshot with cases in the split, or use_phantoms: true")
+    val_cases = build_cache(cfg.data, cache, val_seeds(cfg), log=say)
+    val_sampler = PatchSampler(val_cases, cfg.sampling.model_copy(update={"flip": False}),
+                               np.random.default_rng([cfg.seed, 2]))
+    vx, vy, _ = val_sampler.batch(cfg.val_patches)
+    val_images, val_labels = torch.from_numpy(vx), torch.from_numpy(vy)
+    rng = np.random.default_rng([cfg.seed, 1])
+    sampler = PatchSampler(cases, cfg.sampling, rng)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    loss_fn = Loss(cfg.dice_weight, cfg.dice_per_patch)
+    metrics_log = _Log(out_dir / "metrics.jsonl", keep_until_step=None)
+    research_info = {"snapshot": snap.snapshot_id if snap else None, "parent": parent, "how": how}
+    step, best = 0, -1.0
+    t0 = time.monotonic()
+
+    def checkpoint(path: Path) -> None:
+        save_checkpoint(path, model=net.state_dict(), optimizer=optimizer.state_dict(),
+                        scheduler=scheduler.state_dict(), rng=rng.bit_generator.state, torch_rng=torch.get_rng_state(),
+                        step=step, best=best, elapsed_s=time.monotonic() - t0, config=cfg.model_dump(mode="json"),
+                        research=research_info)
+
+    def set_mode() -> None:
+        net.train()
+        if freeze:
+            _freeze_batchnorm(net)
+
+    set_mode()
+    window: list[dict[str, float]] = []
+    say(f"{how}; {len(snap_cases)} snapshot cases x{opts.snapshot_repeat}, "
+        f"{len(cases) - len(snap_cases) * opts.snapshot_repeat} phantoms; {cfg.steps} steps")
+    while step < cfg.steps:
+        x, y, w = sampler.batch(cfg.batch_size)
+        logits = net(torch.from_numpy(x))
+        loss, parts = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(w))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        window.append(parts)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            mean = {k: float(np.mean([p[k] for p in window])) for k in window[0]}
+            window = []
+            metrics_log({"step": step, **mean, "lr": scheduler.get_last_lr()[0],
+                         "elapsed_s": round(time.monotonic() - t0, 1)})
+            say(f"step {step}/{cfg.steps} loss {mean['loss']:.4f}")
+        if step % cfg.val_every == 0 or step == cfg.steps:
+            metrics = evaluate_patches(net, val_images, val_labels, loss_fn, cfg.threshold, cfg.batch_size)
+            set_mode()  # evaluate_patches leaves the network in train mode, BatchNorm included
+            improved = metrics["val_dice"] > best
+            best = max(best, metrics["val_dice"])
+            metrics_log({"step": step, **metrics, "best": best})
+            say(f"validation at step {step}: dice {metrics['val_dice']:.4f}" + (" (best)" if improved else ""))
+            if improved:
+                checkpoint(out_dir / BEST)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            checkpoint(out_dir / LAST)
+    if not (out_dir / BEST).exists():
+        checkpoint(out_dir / BEST)
+    counts = snap.manifest.get("counts", {}) if snap else {}
+    lineage = {
+        "parent": parent, "init": how, "phantoms": opts.use_phantoms,
+        "snapshot": None if snap is None else {
+            "id": snap.snapshot_id, "manifest_sha256": _sha256(snap.path / "manifest.json"),
+            "split": opts.snapshot_split, "cases": len(snap_cases), "positives": counts.get("positives"),
+            "hard_negatives": counts.get("hard_negatives")},
+        "steps": step, "best_val_dice": round(best, 4), "config": Path(config_path).name,
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+    (out_dir / LINEAGE).write_text(json.dumps(lineage, indent=1) + "\n")
+    say(f"done: {step} steps, best validation Dice {best:.4f}")
+    return out_dir / BEST
+
+
+def _sha256(path: Path) -> str:
+    from training.snapshot import sha256_file
+
+    return sha256_file(path)
+
+
+def export_candidate(run_dir: Path, out_dir: Path, *, model_id: str, version: str) -> Path:
+    """Export a run's best checkpoint as a model folder (ONNX, manifest, card) with the run's lineage.
+
+    The folder is a candidate: ``training.register.register_model`` (or ``tamsoat models register``) makes it a
+    registered version with its own Device UID.
+    """
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    lineage = json.loads((run_dir / LINEAGE).read_text()) if (run_dir / LINEAGE).is_file() else {}
+    notes = []
+    if lineage.get("snapshot"):
+        notes.append(f"Fine-tuning data: research snapshot {lineage['snapshot']['id']} "
+                     f"({lineage['snapshot']['cases']} cases)" + (" plus phantoms" if lineage.get("phantoms") else ""))
+    if lineage.get("parent"):
+        notes.append(f"Parent: {lineage['parent'].get('id')} {lineage['parent'].get('version')}; {lineage['init']}")
+    model = export_onnx(run_dir / BEST, out_dir, model_id=model_id, version=version,
+                        reproduce=f"python -m training.finetune --config {lineage.get('config', 'CONFIG')} "
+                                  f"--out {run_dir.name}", notes=notes)
+    if (run_dir / LINEAGE).is_file():
+        shutil.copy2(run_dir / LINEAGE, out_dir / LINEAGE)
+    return model.parent
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Fine-tune the nodule network from a research snapshot.")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--snapshot", type=Path, default=None)
+    parser.add_argument("--init-from", type=Path, default=None)
+    parser.add_argument("--steps", type=int, default=None)
+    args = parser.parse_args(argv)
+    print(finetune(args.config, args.out, snapshot=args.snapshot, init_from=args.init_from, steps=args.steps))
+
+
+if __name__ == "__main__":
+    main()
