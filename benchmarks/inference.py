@@ -7,11 +7,11 @@ DICOM files in a fresh subprocess, so its peak RSS is its own. Prints seconds pe
 peak RSS, the ratio of total and inference time to PyTorch eager fp32, and whether each runtime's
 findings match fp32 (same count, centres within one voxel, diameters within 10 %).
 
-    .venv/bin/python benchmarks/inference.py [--checkpoint runs/shipped/checkpoint_best.pt]
-        [--threads 2] [--patch 160] [--repeat 1]
+    .venv/bin/python benchmarks/inference.py [--threads 2] [--patch 160] [--repeat 1] [--checkpoint CKPT]
 
-Needs the shipped model's training checkpoint (``runs/shipped/checkpoint_best.pt``, not in git) to
-build the PyTorch runtimes; the ONNX runtime uses ``models/lung-nodule-phantom/0.1.0`` as shipped.
+The PyTorch runtimes are built from the weights inside the shipped ``model.onnx`` (the network is
+rebuilt and checked against ONNX Runtime), or from a training checkpoint when ``--checkpoint`` is
+given; the ONNX runtime uses ``models/lung-nodule-phantom/0.1.0`` as shipped.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def matches(ref: list[list[float]], got: list[list[float]], voxel_mm: float) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=ROOT / "runs" / "shipped" / "checkpoint_best.pt")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="training checkpoint (default: the weights inside the shipped model.onnx)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, default=0, help="cubic patch size (0: the manifest's)")
     parser.add_argument("--repeat", type=int, default=1, help="analyses per process (the last is reported)")
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     from training.export import export_model_folder, load_trained
+    from training.finetune import network_from_onnx
     from training.phantom import make_phantom
     from training.series import write_ct_series
 
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> None:
         write_ct_series(phantom, work / "series", seed=1)
         del phantom
         print(f"phantom series: 300 x 512 x 512, written in {time.perf_counter() - t0:.1f} s", flush=True)
-        net, _, _ = load_trained(args.checkpoint)
+        # The PyTorch network is rebuilt from the shipped ONNX file's weights (checked against ONNX Runtime),
+        # or taken from a training checkpoint when one is given.
+        net = load_trained(args.checkpoint)[0] if args.checkpoint else network_from_onnx(SHIPPED / "model.onnx")
         runtimes: dict[str, Path] = {
             "pytorch-eager-fp32": export_model_folder(net, work / "eager-fp32", "monai-bundle", shipped),
             "pytorch-eager-bf16": export_model_folder(net, work / "eager-bf16", "monai-bundle", shipped,
