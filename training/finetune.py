@@ -57,11 +57,12 @@ from training.train import (
     BEST,
     LAST,
     Loss,
-    _Log,
-    _lr_lambda,
+    MetricsLog,
     evaluate_patches,
+    lr_lambda,
     save_checkpoint,
     train_seeds,
+    train_step,
     val_seeds,
 )
 
@@ -295,9 +296,9 @@ def finetune(config_path: Path, out_dir: Path, *, snapshot: Path | None = None, 
     rng = np.random.default_rng([cfg.seed, 1])
     sampler = PatchSampler(cases, cfg.sampling, rng)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = Loss(cfg.dice_weight, cfg.dice_per_patch)
-    metrics_log = _Log(out_dir / "metrics.jsonl", keep_until_step=None)
+    metrics_log = MetricsLog(out_dir / "metrics.jsonl", keep_until_step=None)
     research_info = {"snapshot": snap.snapshot_id if snap else None, "parent": parent, "how": how}
     step, best = 0, -1.0
     t0 = time.monotonic()
@@ -318,15 +319,8 @@ def finetune(config_path: Path, out_dir: Path, *, snapshot: Path | None = None, 
     say(f"{how}; {len(snap_cases)} snapshot cases x{opts.snapshot_repeat}, "
         f"{len(cases) - len(snap_cases) * opts.snapshot_repeat} phantoms; {cfg.steps} steps")
     while step < cfg.steps:
-        x, y, w = sampler.batch(cfg.batch_size)
-        logits = net(torch.from_numpy(x))
-        loss, parts = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(w))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        window.append(train_step(net, sampler, loss_fn, optimizer, scheduler, cfg.batch_size))
         step += 1
-        window.append(parts)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean = {k: float(np.mean([p[k] for p in window])) for k in window[0]}
             window = []

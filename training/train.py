@@ -53,7 +53,7 @@ class Loss:
         return total, {"loss": float(total.detach()), "bce": float(bce.detach()), "dice_loss": float(dice.detach())}
 
 
-def _lr_lambda(cfg: TrainConfig) -> Any:
+def lr_lambda(cfg: TrainConfig) -> Any:
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
             return (step + 1) / cfg.warmup_steps
@@ -94,7 +94,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-class _Log:
+class MetricsLog:
     """Appends JSON lines; on resume, drops records after the resumed step (written by a killed run)."""
 
     def __init__(self, path: Path, keep_until_step: int | None) -> None:
@@ -109,6 +109,19 @@ class _Log:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+
+
+def train_step(net: torch.nn.Module, sampler: PatchSampler, loss_fn: Loss, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, batch_size: int) -> dict[str, float]:
+    """One optimisation step on a fresh batch of patches; returns the loss parts for logging."""
+    x, y, w = sampler.batch(batch_size)
+    logits = net(torch.from_numpy(x))
+    loss, parts = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(w))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return parts
 
 def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
     """Train as ``config_path`` says, writing into ``out_dir``; return the best checkpoint's path.
@@ -126,7 +139,7 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
     last_path, best_path = out_dir / LAST, out_dir / BEST
     resuming = resume and last_path.exists()
     state: dict[str, Any] = load_checkpoint(last_path) if resuming else {}
-    log = _Log(out_dir / "metrics.jsonl", keep_until_step=int(state["step"]) if resuming else None)
+    log = MetricsLog(out_dir / "metrics.jsonl", keep_until_step=int(state["step"]) if resuming else None)
     t0 = time.monotonic()
 
     def say(msg: str) -> None:
@@ -144,7 +157,7 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
 
     net = build_network(cfg.model.features)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = Loss(cfg.dice_weight, cfg.dice_per_patch)
     step, best, elapsed_before = 0, -1.0, 0.0
     if resuming:
@@ -168,15 +181,8 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
     t_start = time.monotonic()
     window: list[dict[str, float]] = []
     while step < cfg.steps:
-        x, y, w = sampler.batch(cfg.batch_size)
-        logits = net(torch.from_numpy(x))
-        loss, parts = loss_fn(logits, torch.from_numpy(y), torch.from_numpy(w))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        window.append(train_step(net, sampler, loss_fn, optimizer, scheduler, cfg.batch_size))
         step += 1
-        window.append(parts)
         if step % cfg.log_every == 0 or step == cfg.steps:
             mean = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
             window = []
