@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +10,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from tamsoat.core.settings import ConfigError, Settings, load_settings
+from tamsoat import cli_dicom, cli_models, cli_research, cli_training
+from tamsoat.cli_common import ConfigOpt, HomeOpt, fail, open_database, settings_from, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="tamsoat: on-premise AI screening service (DICOM gateway, lung-nodule AI, review, reports).")
@@ -21,36 +21,11 @@ tokens_app = typer.Typer(no_args_is_help=True, help="Manage API tokens.")
 app.add_typer(config_app, name="config")
 app.add_typer(users_app, name="users")
 app.add_typer(tokens_app, name="tokens")
-
-ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="YAML settings file.", dir_okay=False)]
-HomeOpt = Annotated[Path | None, typer.Option("--home", help="Data folder (default $TAMSOAT_HOME or ~/.tamsoat).")]
-
-
-def fail(message: str, code: int = 1) -> typer.Exit:
-    typer.echo(f"tamsoat: {message}", err=True)
-    return typer.Exit(code)
-
-
-def settings_from(config: Path | None, **flags: Any) -> Settings:
-    try:
-        return load_settings(config, **flags)
-    except ConfigError as exc:
-        raise fail(str(exc), 2) from exc
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("pynetdicom", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _database(settings: Settings) -> Any:
-    from tamsoat.core.db import Database, migrate
-
-    migrate(settings.db_url)
-    return Database(settings.db_url)
-
+app.command()(cli_training.train)
+app.command()(cli_training.evaluate)
+cli_dicom.register(app)  # tamsoat dicom …, tamsoat outbox …
+cli_research.register(app)  # tamsoat dataset …, tamsoat models …
+cli_models.register(cli_research.models_app)  # tamsoat models show|verify
 
 @app.command()
 def serve(
@@ -120,7 +95,7 @@ def users_add(
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     if password is not None and len(password) < 8:
         raise fail("the password must have at least 8 characters", 2)
-    db = _database(settings_from(config, home=home))
+    db = open_database(settings_from(config, home=home))
     try:
         with db.session() as s:
             user = add_user(s, name, role_value, password=password)
@@ -136,7 +111,7 @@ def tokens_create(name: str, config: ConfigOpt = None, home: HomeOpt = None) -> 
     """Create an API token for a user and print it (it is shown only this once)."""
     from tamsoat.core.users import UserError, create_token
 
-    db = _database(settings_from(config, home=home))
+    db = open_database(settings_from(config, home=home))
     try:
         with db.session() as s:
             secret = create_token(s, name)
@@ -164,16 +139,6 @@ def demo(
     except RuntimeError as exc:
         raise fail(str(exc)) from exc
     typer.echo(summary)
-
-
-from tamsoat.cli_dicom import register as _register_gateway_commands  # noqa: E402 (uses the helpers above)
-
-_register_gateway_commands(app)  # tamsoat dicom …, tamsoat outbox …
-
-from tamsoat.cli_research import register as _register_research_commands  # noqa: E402
-
-_register_research_commands(app)  # tamsoat dataset …, tamsoat models … (issue 7)
-import tamsoat.cli_models  # noqa: E402, F401 (adds tamsoat models show|verify)
 
 
 def main() -> None:

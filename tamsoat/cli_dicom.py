@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from tamsoat.cli import ConfigOpt, HomeOpt, _database, fail, settings_from
+from tamsoat.cli_common import ConfigOpt, HomeOpt, fail, open_database, settings_from
 from tamsoat.core.settings import Destination, Settings
 
 dicom_app = typer.Typer(no_args_is_help=True, help="DICOM networking: verify and query peers.")
@@ -82,7 +82,7 @@ def outbox_list(
 
     if state is not None and state not in {s.value for s in OutboxState}:
         raise fail(f"unknown state {state!r}: use {', '.join(s.value for s in OutboxState)}", 2)
-    db = _database(settings_from(config, home=home))
+    db = open_database(settings_from(config, home=home))
     with db.session() as s:
         entries = list_entries(s, state, destination, limit)
     if as_json:
@@ -117,7 +117,7 @@ def outbox_retry(
 
     from dicom_gateway.outbox import OutboxError, retry_item
 
-    db = _database(settings_from(config, home=home))
+    db = open_database(settings_from(config, home=home))
     try:
         with db.session() as s:
             entry = retry_item(s, item_id, actor=f"cli:{getpass.getuser()}")

@@ -15,8 +15,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from tamsoat.cli import ConfigOpt, HomeOpt, fail, settings_from
-from tamsoat.cli_research import models_app
+from tamsoat.cli_common import ConfigOpt, HomeOpt, fail, settings_from
 
 IdArg = Annotated[str | None, typer.Argument(help="Model id (default: every registered model).")]
 VersionArg = Annotated[str | None, typer.Argument(help="Version (default: the newest).")]
@@ -42,7 +41,6 @@ def _get(registry: Any, model_id: str, version: str | None) -> Any:
         raise fail(str(exc)) from exc
 
 
-@models_app.command("show")
 def models_show(model_id: Annotated[str, typer.Argument(help="Model id.")], version: VersionArg = None,
                 config: ConfigOpt = None, home: HomeOpt = None,
                 as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False) -> None:
@@ -58,7 +56,6 @@ def models_show(model_id: Annotated[str, typer.Argument(help="Model id.")], vers
         typer.echo(yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=120).rstrip())
 
 
-@models_app.command("verify")
 def models_verify(model_id: IdArg = None, version: VersionArg = None, config: ConfigOpt = None,
                   home: HomeOpt = None) -> None:
     """Recompute the sha256 of every file each manifest lists; exit 1 with a sentence on a difference."""
@@ -81,3 +78,9 @@ def models_verify(model_id: IdArg = None, version: VersionArg = None, config: Co
         m = model.manifest
         typer.echo(f"{m.id} {m.version}: {len(m.files)} file(s) match the manifest ({m.runtime}, weights "
                    f"{m.weights_sha256[:12]}…)")
+
+
+def register(models_app: typer.Typer) -> None:
+    """Add ``show`` and ``verify`` to the ``models`` command group."""
+    models_app.command("show")(models_show)
+    models_app.command("verify")(models_verify)

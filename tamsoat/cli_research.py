@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import typer
 
-from tamsoat.cli import ConfigOpt, HomeOpt, _database, fail, settings_from
+from tamsoat.cli_common import ConfigOpt, HomeOpt, fail, open_database, settings_from
 from tamsoat.core.domain import Role
 from tamsoat.core.settings import Settings
 
@@ -70,7 +70,7 @@ def dataset_export(
     from training.snapshot import SnapshotError
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, RESEARCH)
     try:
         when = since_datetime(since)
@@ -116,7 +116,7 @@ def models_list(config: ConfigOpt = None, home: HomeOpt = None,
     from tamsoat.deployments import deployments
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     with db.session() as s:
         rows = deployments(s, _registry(settings), settings.routing_file)
     if as_json:
@@ -156,7 +156,7 @@ def models_register(
     from training.register import RegistrationError
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, RESEARCH)
     try:
         registered = register_version(db, settings, path, version, actor, model_id=model_id)
@@ -180,7 +180,7 @@ def models_shadow(
     if (version is None) == (not off):
         raise fail("give a VERSION, or --off", 2)
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, ADMIN)
     state = _deploy("set the shadow version", settings, db, set_shadow, model_id, None if off else version, actor)
     typer.echo(f"{model_id}: active {state['active']}, shadow {state['shadow'] or 'none'}")
@@ -198,7 +198,7 @@ def models_shadow_report(
     from tamsoat.deployments import shadow_report
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, RESEARCH)
     with db.session() as s:
         report = shadow_report(s, model_id, version)
@@ -224,7 +224,7 @@ def models_promote(model_id: str, version: str, as_user: AsOpt = None, config: C
     from tamsoat.deployments import promote
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, ADMIN)
     state = _deploy("promote", settings, db, promote, model_id, version, actor)
     typer.echo(f"{model_id}: {state['active']} is active (was {state['previous']}) since "
@@ -237,7 +237,7 @@ def models_rollback(model_id: str, as_user: AsOpt = None, config: ConfigOpt = No
     from tamsoat.deployments import rollback
 
     settings = settings_from(config, home=home)
-    db = _database(settings)
+    db = open_database(settings)
     actor = _operator(db, as_user, ADMIN)
     state = _deploy("roll back", settings, db, rollback, model_id, actor)
     typer.echo(f"{model_id}: rolled back to {state['active']} (from {state['previous']})")

@@ -1,0 +1,50 @@
+"""``tamsoat train`` then ``tamsoat evaluate``: the pipeline runs end to end on a tiny configuration."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tamsoat.cli import app
+from tamsoat.core.settings import REPO_ROOT
+from training.export import export_onnx
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_train_export_and_evaluate_tiny(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trained = runner.invoke(app, ["train", "--config", str(REPO_ROOT / "training/configs/tiny.yaml"),
+                                  "--out", str(run)])
+    assert trained.exit_code == 0, trained.output
+    assert (run / "checkpoint_best.pt").is_file() and (run / "metrics.jsonl").is_file()
+
+    model = tmp_path / "models" / "tiny" / "0.0.1"
+    export_onnx(run / "checkpoint_best.pt", model, model_id="tiny", version="0.0.1")
+    out = tmp_path / "eval"
+    evaluated = runner.invoke(app, ["evaluate", "--model", str(model), "--model",
+                                    str(REPO_ROOT / "models/lung-nodule-phantom/0.1.0"),
+                                    "--phantoms", "2", "--tiny", "--out", str(out)])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((out / "evaluation.json").read_text())
+    assert set(report["models"]) == {"tiny/0.0.1", "lung-nodule-phantom/0.1.0"}
+    for m in report["models"].values():
+        assert m["scans"] == 2 and m["nodules"] == report["nodules"] > 0
+        assert set(m["by_size_band"]) and "sens@1" in m
+    assert (out / "froc.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| metric |" in evaluated.output
+
+
+def test_train_and_evaluate_refuse_bad_input(tmp_path: Path) -> None:
+    missing = runner.invoke(app, ["train", "--config", str(tmp_path / "nope.yaml"), "--out", str(tmp_path)])
+    assert missing.exit_code == 2
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: -3\n")
+    result = runner.invoke(app, ["train", "--config", str(bad), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "tamsoat:" in result.output
+    no_model = runner.invoke(app, ["evaluate", "--model", str(tmp_path), "--phantoms", "1", "--tiny"])
+    assert no_model.exit_code == 2 and "no manifest.yaml" in no_model.output
