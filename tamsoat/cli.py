@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from tamsoat import cli_dicom, cli_models, cli_research, cli_training
+from tamsoat import cli_dicom, cli_jobs, cli_models, cli_research, cli_training
 from tamsoat.cli_common import ConfigOpt, HomeOpt, fail, open_database, settings_from, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -24,6 +24,7 @@ app.add_typer(tokens_app, name="tokens")
 app.command()(cli_training.train)
 app.command()(cli_training.evaluate)
 cli_dicom.register(app)  # tamsoat dicom …, tamsoat outbox …
+cli_jobs.register(app)  # tamsoat jobs list|retry
 cli_research.register(app)  # tamsoat dataset …, tamsoat models …
 cli_models.register(cli_research.models_app)  # tamsoat models show|verify
 

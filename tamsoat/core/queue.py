@@ -78,3 +78,20 @@ def requeue_interrupted(session: Session) -> int:
         update(Job).where(Job.state == JobState.RUNNING.value).values(state=JobState.QUEUED.value)
     )
     return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+class JobNotRetriable(ValueError):
+    """Only a failed job can be queued again; the message says why this one cannot."""
+
+
+def retry_failed(session: Session, job_id: int) -> Job:
+    """Queue a failed job again, due now, with its attempt count kept."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise JobNotRetriable(f"no job {job_id}")
+    if job.state != JobState.FAILED.value:
+        raise JobNotRetriable(f"job {job_id} is {job.state}; only a failed job can be retried")
+    job.state = JobState.QUEUED.value
+    job.not_before = datetime.now(UTC)
+    job.finished_at = None
+    return job
