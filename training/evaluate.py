@@ -55,13 +55,6 @@ def held_out_phantom(n: int, nodules: int = 5, seed_base: int = HELD_OUT_SEED_BA
             nodules -= 1
 
 
-def open_session(model_path: Path, threads: int = 2) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-
-
 class _SessionPredictor:
     """An ONNX Runtime session (or anything with its ``get_inputs``/``run``) as a ``Predictor``."""
 

@@ -18,8 +18,9 @@ import numpy as np
 import torch
 import yaml
 
+from inference.runners import OnnxPredictor
 from training.config import TrainConfig
-from training.evaluate import MIN_MATCH_RADIUS_MM, evaluate_model, open_session
+from training.evaluate import MIN_MATCH_RADIUS_MM, evaluate_model
 from training.network import NoduleNet, build_network
 
 MODEL_NAME = "tamsoat lung nodule detector (phantom-trained)"
@@ -170,12 +171,14 @@ def monai_version() -> str:
 
 
 def parity(net: NoduleNet, model_path: Path, shape: tuple[int, int, int] = (40, 56, 72)) -> float:
-    """Max absolute difference between PyTorch and ONNX Runtime logits on a fixed input."""
-    rng = np.random.default_rng(1234)
-    x = rng.random((1, 1, *shape), dtype=np.float32)
+    """Max absolute difference between the network (eval mode) and the service's ONNX runner on a fixed input."""
+    x = np.random.default_rng(1234).random((1, 1, *shape), dtype=np.float32)
+    was_training = net.training
+    net.eval()
     with torch.inference_mode():
         expected = net(torch.from_numpy(x)).numpy()
-    got = open_session(model_path).run(None, {"image": x})[0]
+    net.train(was_training)
+    got = OnnxPredictor(model_path, threads=2, providers=["CPUExecutionProvider"]).predict(x)
     return float(np.max(np.abs(got - expected)))
 
 

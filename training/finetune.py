@@ -49,8 +49,7 @@ from torch import nn
 from inference.manifest import load_manifest
 from training.config import ModelConfig, TrainConfig
 from training.dataset import Case, PatchSampler, build_cache, candidate_points, load_case, preprocess
-from training.evaluate import open_session
-from training.export import export_onnx, load_trained
+from training.export import export_onnx, load_trained, parity
 from training.network import NoduleNet, build_network
 from training.snapshot import Snapshot, SnapshotCase, read_snapshot
 from training.train import (
@@ -164,14 +163,7 @@ def network_from_onnx(model_path: Path, *, check: bool = True) -> NoduleNet:
 
 def onnx_parity(net: NoduleNet, model_path: Path, shape: tuple[int, int, int] = (32, 40, 48)) -> float:
     """Max absolute difference between the network (eval mode) and ONNX Runtime on a fixed random input."""
-    x = np.random.default_rng(7).random((1, 1, *shape), dtype=np.float32)
-    was_training = net.training
-    net.eval()
-    with torch.inference_mode():
-        expected = net(torch.from_numpy(x)).numpy()
-    net.train(was_training)
-    got = open_session(model_path).run(None, {"image": x})[0]
-    return float(np.max(np.abs(got - expected)))
+    return parity(net, model_path, shape)
 
 
 # --- snapshot cases ----------------------------------------------------------------------------------------
