@@ -91,9 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     import yaml
 
     from training.export import export_model_folder, load_trained
-    from training.finetune import network_from_onnx
     from training.phantom import make_phantom
     from training.series import write_ct_series
+    from training.warm_start import network_from_onnx
 
     shipped = yaml.safe_load((SHIPPED / "manifest.yaml").read_text())
     with tempfile.TemporaryDirectory(prefix="tamsoat-bench-") as tmp:

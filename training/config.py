@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -24,7 +25,10 @@ class PhantomConfig(_Frozen):
     inplane_spacing_mm: tuple[float, float] = (0.65, 0.9)  # uniform range
     slice_spacing_mm: tuple[float, float] = (1.0, 2.5)
     nodules_per_phantom: tuple[int, int] = (5, 9)  # inclusive range
-    nodule_diameter_mm: tuple[float, float] = (3.0, 30.0)  # log-uniform range
+    nodule_diameter_mm: tuple[float, float] = (3.0, 30.0)  # range of diameters
+    # How sizes and kinds are drawn: "log-uniform" sizes in the range with kinds by ``kind_weights``, or
+    # "lidc": sizes and kinds together from the LIDC-IDRI annotation table (training.nodule_mix).
+    size_mix: Literal["log-uniform", "lidc"] = "log-uniform"
     kind_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)  # solid, part-solid, ground-glass
     noise_sigma_hu: tuple[float, float] = (15.0, 45.0)
 
@@ -67,6 +71,9 @@ class TrainConfig(_Frozen):
     val_every: int = Field(default=200, ge=1)
     val_patches: int = Field(default=24, ge=1)
     threshold: float = 0.5  # operating point written into the manifest
+    # Start from these weights instead of from scratch: a model folder (its ONNX weights; BatchNorm then
+    # stays frozen) or a training checkpoint (.pt), relative to the config file's folder.
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -20,6 +20,7 @@ from scipy import ndimage
 from inference.preprocess import normalize_hu, resample
 from inference.volume import Volume
 from training.config import DataConfig, SamplingConfig
+from training.nodule_mix import draw_nodules
 from training.phantom import NODULE_KINDS, Phantom, make_phantom
 
 F64 = npt.NDArray[np.float64]
@@ -54,8 +55,11 @@ def training_phantom(seed: int, cfg: DataConfig) -> Phantom:
     weights = np.asarray(pc.kind_weights, dtype=np.float64)
     sigma = float(rng.uniform(*pc.noise_sigma_hu))
     while True:
-        diameters = np.exp(rng.uniform(math.log(lo), math.log(hi), size=n)).tolist()
-        kinds = [NODULE_KINDS[int(i)] for i in rng.choice(3, size=n, p=weights / weights.sum())]
+        if pc.size_mix == "lidc":
+            diameters, kinds = draw_nodules(rng, n, (lo, hi))
+        else:
+            diameters = np.exp(rng.uniform(math.log(lo), math.log(hi), size=n)).tolist()
+            kinds = [NODULE_KINDS[int(i)] for i in rng.choice(3, size=n, p=weights / weights.sum())]
         try:
             return make_phantom(seed, shape, (si, si, sk), n, diameters, nodule_kinds=kinds,
                                 noise_sigma_hu=sigma)

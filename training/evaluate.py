@@ -28,6 +28,7 @@ from inference.registry import LoadedModel, RegisteredModel, create_predictor, v
 from inference.runners import sliding_window_predict
 from inference.volume import Volume
 from tamsoat.core.domain import Detection as ServiceDetection
+from training.nodule_mix import draw_nodules
 from training.phantom import NODULE_KINDS, Phantom, PhantomNodule, make_phantom
 
 F32 = npt.NDArray[np.float32]
@@ -44,13 +45,14 @@ class Detection:
 
 
 def held_out_phantom(n: int, nodules: int = 5, seed_base: int = HELD_OUT_SEED_BASE) -> Phantom:
-    """The ``n``-th held-out phantom: full size (300x512x512 at 0.7x0.7x1.25 mm), log-uniform 3–30 mm."""
+    """The ``n``-th held-out phantom: full size (300x512x512 at 0.7x0.7x1.25 mm), nodules 3–30 mm in the
+    LIDC size and type mix (``training.nodule_mix``)."""
     seed = seed_base + n
     rng = np.random.default_rng([seed, 3])
     while True:
-        diameters = np.exp(rng.uniform(math.log(3.0), math.log(30.0), size=nodules)).tolist()
+        diameters, kinds = draw_nodules(rng, nodules)
         try:
-            return make_phantom(seed, n_nodules=nodules, nodule_diameters_mm=diameters)
+            return make_phantom(seed, n_nodules=nodules, nodule_diameters_mm=diameters, nodule_kinds=kinds)
         except RuntimeError:
             nodules -= 1
 

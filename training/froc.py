@@ -31,6 +31,7 @@ from inference.registry import RegisteredModel, create_predictor
 from inference.runners import Predictor
 from inference.volume import Volume
 from training.evaluate import HELD_OUT_SEED_BASE, MIN_MATCH_RADIUS_MM
+from training.nodule_mix import draw_nodules
 from training.phantom import Phantom, make_phantom
 from training.snapshot import SIZE_BANDS_MM, Snapshot, size_band
 
@@ -64,11 +65,12 @@ class EvalCase:
 class PhantomSpec:
     shape_kji: tuple[int, int, int]
     spacing_ijk: tuple[float, float, float]
-    diameters_mm: tuple[float, float]  # log-uniform range
+    diameters_mm: tuple[float, float]
+    lidc_mix: bool  # sizes and kinds from the LIDC table (training.nodule_mix), else log-uniform sizes
 
 
-TINY_PHANTOM = PhantomSpec((40, 128, 128), (1.875, 1.875, 2.5), (5.0, 15.0))
-FULL_PHANTOM = PhantomSpec((300, 512, 512), (0.7, 0.7, 1.25), (3.0, 30.0))
+TINY_PHANTOM = PhantomSpec((40, 128, 128), (1.875, 1.875, 2.5), (5.0, 15.0), lidc_mix=False)
+FULL_PHANTOM = PhantomSpec((300, 512, 512), (0.7, 0.7, 1.25), (3.0, 30.0), lidc_mix=True)
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,15 @@ class HeldOutPhantom:
     seed: int
     spec: PhantomSpec
     diameters_mm: tuple[float, ...]
+    kinds: tuple[str, ...] | None = None  # None: make_phantom's default mix
 
     def make(self) -> Phantom:
         placed = len(self.diameters_mm)
         while True:
             try:
                 return make_phantom(self.seed, self.spec.shape_kji, self.spec.spacing_ijk, placed,
-                                    list(self.diameters_mm[:placed]))
+                                    list(self.diameters_mm[:placed]),
+                                    nodule_kinds=list(self.kinds[:placed]) if self.kinds else None)
             except RuntimeError:  # the nodules did not fit: fewer
                 placed -= 1
 
@@ -94,17 +98,22 @@ class HeldOutPhantom:
 
 def phantom_cases(count: int, *, tiny: bool = False, nodules: int = 4, seed_base: int = HELD_OUT_SEED_BASE
                   ) -> list[EvalCase]:
-    """``count`` held-out phantoms (seeds ``seed_base + i``, never used for training): full size, or small ones
-    (``tiny``: 40x128x128 at 1.875x1.875x2.5 mm, nodules 5-15 mm) for quick checks. Each phantom is made once
-    here for its ground truth and again when it is scored (so only one volume is in memory at a time)."""
+    """``count`` held-out phantoms (seeds ``seed_base + i``, never used for training): full size, nodules
+    3-30 mm in the LIDC size and type mix (``training.nodule_mix``), or small ones (``tiny``: 40x128x128 at
+    1.875x1.875x2.5 mm, nodules log-uniform 5-15 mm) for quick checks. Each phantom is made once here for
+    its ground truth and again when it is scored (so only one volume is in memory at a time)."""
     spec = TINY_PHANTOM if tiny else FULL_PHANTOM
     lo, hi = spec.diameters_mm
     cases = []
     for i in range(count):
         seed = seed_base + i
         rng = np.random.default_rng([seed, 3])
-        maker = HeldOutPhantom(seed, spec, tuple(float(d) for d in np.exp(rng.uniform(math.log(lo), math.log(hi),
-                                                                                        size=nodules))))
+        if spec.lidc_mix:
+            diameters, kinds = draw_nodules(rng, nodules, (lo, hi))
+            maker = HeldOutPhantom(seed, spec, tuple(diameters), tuple(kinds))
+        else:
+            maker = HeldOutPhantom(seed, spec, tuple(float(d) for d in np.exp(
+                rng.uniform(math.log(lo), math.log(hi), size=nodules))))
         truth = tuple(Truth(n.center_mm, n.diameter_mm, nodule_type(n.kind)) for n in maker.make().nodules)
         cases.append(EvalCase(name=f"phantom-{seed}", load=maker.volume, nodules=truth))
     return cases

@@ -24,7 +24,8 @@ from monai.losses import DiceLoss
 
 from training.config import TrainConfig, load_config
 from training.dataset import VALIDATION_SEED_SHIFT, PatchSampler, build_cache
-from training.network import NoduleNet, build_network
+from training.network import NoduleNet
+from training.warm_start import freeze_batchnorm, starting_network
 
 LAST = "checkpoint_last.pt"
 BEST = "checkpoint_best.pt"
@@ -51,6 +52,14 @@ class Loss:
         dice = self.dice(logits, target)
         total = bce + self.dice_weight * dice
         return total, {"loss": float(total.detach()), "bce": float(bce.detach()), "dice_loss": float(dice.detach())}
+
+
+def resolve_relative(value: str | None, config_path: Path) -> Path | None:
+    """A path named in a config file, relative to that file's folder."""
+    if not value:
+        return None
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (Path(config_path).parent / p).resolve()
 
 
 def lr_lambda(cfg: TrainConfig) -> Any:
@@ -155,7 +164,10 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
     vx, vy, _ = val_sampler.batch(cfg.val_patches)
     val_images, val_labels = torch.from_numpy(vx), torch.from_numpy(vy)
 
-    net = build_network(cfg.model.features)
+    init = resolve_relative(cfg.init_from, config_path)
+    net, cfg, parent, how = starting_network(init, cfg)
+    frozen_bn = init is not None and init.is_dir()
+    say(f"network: {how}" + (f" ({parent})" if parent else ""))
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     loss_fn = Loss(cfg.dice_weight, cfg.dice_per_patch)
@@ -177,7 +189,12 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
                         elapsed_s=elapsed_before + time.monotonic() - t_start,
                         config=cfg.model_dump(mode="json"))
 
-    net.train()
+    def set_train_mode() -> None:
+        net.train()
+        if frozen_bn:
+            freeze_batchnorm(net)
+
+    set_train_mode()
     t_start = time.monotonic()
     window: list[dict[str, float]] = []
     while step < cfg.steps:
@@ -193,6 +210,7 @@ def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
                 f"{mean['dice_loss']:.4f}) lr {record['lr']:.2e} {elapsed:.0f} s")
         if step % cfg.val_every == 0 or step == cfg.steps:
             metrics = evaluate_patches(net, val_images, val_labels, loss_fn, cfg.threshold, cfg.batch_size)
+            set_train_mode()
             improved = metrics["val_dice"] > best
             if improved:
                 best = metrics["val_dice"]

@@ -12,10 +12,11 @@ import yaml
 
 from inference.registry import Registry
 from training.export import _export
-from training.finetune import load_research_config, network_from_onnx, onnx_parity
+from training.finetune import load_research_config
 from training.froc import FP_RATES, CaseScores, Truth, froc
 from training.network import NoduleNet
 from training.register import RegistrationError, register_model
+from training.warm_start import network_from_onnx, onnx_parity
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "lung-nodule-phantom" / "0.1.0"

@@ -95,3 +95,24 @@ def test_export_writes_onnx_matching_pytorch(tiny_run: tuple[Path, Path], tmp_pa
     assert np.max(np.abs(got - expected)) < 1e-3
     again = export_onnx(best, tmp_path / "model2", model_id="lung-nodule-phantom", version="0.0.1")
     assert yaml.safe_load((again.parent / "manifest.yaml").read_text())["device_uid"] != manifest["device_uid"]
+
+
+def test_training_can_start_from_a_model_folder(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """``init_from`` a model folder: the network starts as its ONNX file and BatchNorm stays frozen, so with a
+    vanishing learning rate the trained network still computes what the parent model computes."""
+    _, best = tiny_run
+    parent = export_onnx(best, tmp_path / "parent", model_id="lung-nodule-phantom", version="0.0.1")
+    data = yaml.safe_load(TINY.read_text())
+    data.update(init_from="parent", steps=3, lr=1e-12, model={"features": [16, 16, 16]})  # features: the parent's win
+    child_cfg = tmp_path / "child.yaml"
+    child_cfg.write_text(yaml.safe_dump(data))
+    child = train(child_cfg, tmp_path / "child")
+    assert "network: fine-tuned from its ONNX weights" in capsys.readouterr().out
+    net, cfg, _ = load_trained(child)
+    assert cfg.model.features == load_trained(best)[1].model.features
+    x = np.random.default_rng(1).random((1, 1, 16, 24, 32), dtype=np.float32)
+    session = ort.InferenceSession(str(parent), providers=["CPUExecutionProvider"])
+    with torch.inference_mode():
+        got = net(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(got - session.run(None, {"image": x})[0])) < 1e-3
