@@ -52,6 +52,11 @@ class InputSpec(_Strict):
     )
     divisible_by: PositiveInt = Field(default=1, description="every input dimension must be a multiple")
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0, description="sliding-window overlap fraction")
+    axes: Literal["kji", "ras"] = Field(
+        default="kji",
+        description="kji: the array as the series is stacked, [slice, row, column]; ras: MONAI's layout after "
+        "Orientationd(axcodes='RAS'), array (x, y, z) with x to the patient's right, y anterior, z superior",
+    )
 
     @field_validator("window_hu")
     @classmethod
@@ -76,15 +81,41 @@ class CodeSpec(_Strict):
     meaning: str = Field(min_length=1, max_length=64)
 
 
-class OutputSpec(_Strict):
-    """How to turn the model output into findings."""
+# MONAI's 3-D box modes (``monai.data.box_utils``): corners (xyzxyz, xxyyzz, xyxyzz), corner + size
+# (xyzwhd) or centre + size (cccwhd); x, y, z are the model input's array axes, in voxels.
+BoxMode = Literal["xyzxyz", "xxyyzz", "xyxyzz", "xyzwhd", "cccwhd"]
+BOX_KIND = "boxes"
 
-    kind: Literal["logits", "probabilities"] = Field(
-        description="(1,1,D,H,W) per-voxel nodule logits or probabilities, same size as the input"
+
+class OutputSpec(_Strict):
+    """How to turn the model output into findings.
+
+    ``logits``/``probabilities``: a ``(1, 1, D, H, W)`` per-voxel map, same size as the input,
+    thresholded into connected blobs (``inference.postprocess``). ``boxes``: boxes with scores
+    (``inference.box_postprocess``): ``threshold`` applies to the score, ``nms_iou`` merges boxes
+    across sliding-window patches, ``box_mode`` says how the model writes a box.
+    """
+
+    kind: Literal["logits", "probabilities", "boxes"] = Field(
+        description="per-voxel logits or probabilities (same size as the input), or boxes with scores"
     )
-    threshold: float = Field(gt=0.0, lt=1.0, description="on the probability")
+    threshold: float = Field(gt=0.0, lt=1.0, description="on the probability (boxes: on the score)")
     min_diameter_mm: float = Field(default=0.0, ge=0.0)
     label: CodeSpec
+    box_mode: BoxMode = Field(default="xyzxyz", description="boxes only: how the model writes a box")
+    nms_iou: float | None = Field(default=None, gt=0.0, le=1.0,
+                                  description="boxes only (required): boxes overlapping more are merged")
+
+    @model_validator(mode="after")
+    def _box_fields_match_kind(self) -> OutputSpec:
+        if self.kind == BOX_KIND:
+            if self.nms_iou is None:
+                raise ValueError("kind boxes needs nms_iou (the IoU above which overlapping boxes are merged)")
+        else:
+            extra = sorted({"box_mode", "nms_iou"} & self.model_fields_set)
+            if extra:
+                raise ValueError(f"{' and '.join(extra)} apply to kind boxes only, not {self.kind}")
+        return self
 
 
 Runtime = Literal["onnx", "torchscript", "monai-bundle"]
@@ -112,7 +143,8 @@ class Manifest(_Strict):
 
     ``runtime`` picks the runner: ``onnx`` (ONNX Runtime), ``torchscript`` (``torch.jit.load``) or
     ``monai-bundle`` (a bundle folder: ``configs/inference.json`` with ``network_def`` and
-    ``models/model.pt``, a state dict). A bundle's configuration may only evaluate expressions
+    ``models/model.pt``, a state dict; with ``output.kind: boxes`` also ``anchor_generator``, run
+    through MONAI's ``RetinaNetDetector``). A bundle's configuration may only evaluate expressions
     (``$...``) when ``trusted`` is true; see ``inference.runners.bundle_predictor``.
     """
 
@@ -161,6 +193,14 @@ class Manifest(_Strict):
             raise ValueError("trusted applies to monai-bundle models only")
         if self.precision.cpu != "fp32" and self.runtime == "onnx":
             raise ValueError("precision.cpu bf16 needs a PyTorch runtime (torchscript or monai-bundle), not onnx")
+        if self.output.kind == BOX_KIND:
+            if self.runtime == "onnx":
+                raise ValueError("output kind boxes needs runtime monai-bundle or torchscript, not onnx")
+            if self.runtime == "monai-bundle" and self.output.box_mode != "xyzxyz":
+                raise ValueError(
+                    "a monai-bundle box detector runs through MONAI's RetinaNetDetector, which gives xyzxyz boxes: "
+                    f"remove output.box_mode {self.output.box_mode} (the bundle's own post-processing is not run)"
+                )
         return self
 
     @property

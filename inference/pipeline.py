@@ -25,12 +25,19 @@ from inference.dicom_series import (
     series_sha256,
     stack_geometry,
 )
-from inference.manifest import Manifest
+from inference.manifest import BOX_KIND, Manifest
 from inference.postprocess import detections_from_output
-from inference.preprocess import normalize_hu, resample
+from inference.preprocess import normalize_hu, resample, to_ras
 from inference.registry import LoadedModel, ModelNotFoundError, Registry
 from inference.routing import Router, RoutingDecision, RoutingError
-from inference.runners import Predictor, sliding_window_predict
+from inference.runners import (
+    BoxPredictor,
+    ModelRunner,
+    Predictor,
+    RunnerError,
+    sliding_window_boxes,
+    sliding_window_predict,
+)
 from inference.volume import Volume
 from tamsoat.core.domain import Detection, ModelIdentity, Point3
 
@@ -66,13 +73,13 @@ class AnalysisResult:
 
 
 class LoadedModelLike(Protocol):
-    """What ``detect_in_volume`` needs of a model: its manifest and a predictor."""
+    """What ``detect_in_volume`` needs of a model: its manifest and a runner (per-voxel or boxes)."""
 
     @property
     def manifest(self) -> Manifest: ...
 
     @property
-    def predictor(self) -> Predictor: ...
+    def predictor(self) -> ModelRunner: ...
 
 
 class _Stopwatch:
@@ -93,35 +100,41 @@ class _Stopwatch:
 
 
 def model_input(volume: Volume, manifest: Manifest) -> Volume:
-    """The model's input grid: ``volume`` (HU) resampled to the model spacing and windowed to [0, 1]."""
+    """The model's input grid: ``volume`` (HU) turned to RAS when the model wants MONAI's layout
+    (``input.axes: ras``), resampled to the model spacing and windowed to [0, 1]."""
+    if manifest.input.axes == "ras":
+        volume = to_ras(volume)
     resampled = resample(volume, manifest.input.spacing_mm)
     return Volume(array=normalize_hu(resampled.array, manifest.input.window_hu), affine=resampled.affine)
 
 
 def detect_in_grid(grid: Volume, model: LoadedModel | LoadedModelLike, *, batch_size: int = 1,
                    clock: _Stopwatch | None = None) -> list[Detection]:
-    """Findings on a model-input grid (``model_input``): sliding-window inference, then post-processing."""
-    manifest = model.manifest
+    """Findings on a model-input grid (``model_input``): sliding-window inference, then post-processing
+    (``inference.postprocess`` for per-voxel output, ``inference.box_postprocess`` for boxes)."""
+    manifest, runner = model.manifest, model.predictor
+    spec, out = manifest.input, manifest.output
     clock = clock or _Stopwatch()
+    if out.kind == BOX_KIND:
+        from inference.box_postprocess import detections_from_boxes  # imports monai.data
+
+        if not isinstance(runner, BoxPredictor) or out.nms_iou is None:
+            raise RunnerError(f"model {manifest.id} {manifest.version} declares boxes but its runner gives none")
+        with clock.stage("inference"):
+            boxes = sliding_window_boxes(runner, grid.array, patch_size=spec.patch_size, overlap=spec.overlap,
+                                         divisible_by=spec.divisible_by)
+        with clock.stage("postprocess"):
+            return detections_from_boxes(boxes, grid, threshold=out.threshold, nms_iou=out.nms_iou,
+                                         min_diameter_mm=out.min_diameter_mm, label=out.label.meaning)
+    if not isinstance(runner, Predictor):
+        raise RunnerError(f"model {manifest.id} {manifest.version} declares {out.kind} but its runner gives boxes")
     with clock.stage("inference"):
-        output = sliding_window_predict(
-            model.predictor,
-            grid.array,
-            patch_size=manifest.input.patch_size,
-            overlap=manifest.input.overlap,
-            divisible_by=manifest.input.divisible_by,
-            batch_size=batch_size,
-        )
+        output = sliding_window_predict(runner, grid.array, patch_size=spec.patch_size, overlap=spec.overlap,
+                                        divisible_by=spec.divisible_by, batch_size=batch_size)
     with clock.stage("postprocess"):
-        detections = detections_from_output(
-            output,
-            grid,
-            threshold=manifest.output.threshold,
-            min_diameter_mm=manifest.output.min_diameter_mm,
-            kind=manifest.output.kind,
-            label=manifest.output.label.meaning,
-        )
-    return detections
+        return detections_from_output(output, grid, threshold=out.threshold, min_diameter_mm=out.min_diameter_mm,
+                                      kind="logits" if out.kind == "logits" else "probabilities",
+                                      label=out.label.meaning)
 
 
 def detect_in_volume(volume: Volume, model: LoadedModel | LoadedModelLike, *, batch_size: int = 1) -> list[Detection]:

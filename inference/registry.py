@@ -13,8 +13,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from inference.manifest import MANIFEST_NAME, Manifest, ManifestError, load_manifest, version_key
-from inference.runners import OnnxPredictor, Predictor, TorchScriptPredictor
+from inference.manifest import BOX_KIND, MANIFEST_NAME, Manifest, ManifestError, load_manifest, version_key
+from inference.runners import ModelRunner, OnnxPredictor, Predictor, TorchScriptPredictor, in_xyz
 from tamsoat.core.domain import ModelIdentity
 
 _CHUNK = 1 << 20
@@ -46,11 +46,11 @@ class RegisteredModel:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A verified model, ready to run: its manifest, its identity and its predictor."""
+    """A verified model, ready to run: its manifest, its identity and its runner (per-voxel or boxes)."""
 
     manifest: Manifest
     identity: ModelIdentity
-    predictor: Predictor
+    predictor: ModelRunner
 
 
 def file_sha256(path: Path) -> str:
@@ -141,16 +141,32 @@ class Registry:
                 loaded = LoadedModel(
                     manifest=model.manifest,
                     identity=model.identity,
-                    predictor=create_predictor(model, threads),
+                    predictor=create_runner(model, threads),
                 )
                 self._loaded[key] = loaded
         return loaded
 
 
+def create_runner(model: RegisteredModel, threads: int = 1, device: str | None = None) -> ModelRunner:
+    """The runner for the manifest's runtime and output kind; ``device`` (``cpu``/``cuda``) defaults to a
+    GPU when present. A model with ``input.axes: ras`` gets its patches in MONAI's (x, y, z) order."""
+    runner = _runner(model, threads, device)
+    return in_xyz(runner) if model.manifest.input.axes == "ras" else runner
+
+
 def create_predictor(model: RegisteredModel, threads: int = 1, device: str | None = None) -> Predictor:
-    """The runner for the manifest's runtime; ``device`` (``cpu``/``cuda``) defaults to a GPU when present."""
+    """``create_runner`` for a per-voxel model; a box detector is refused."""
+    runner = create_runner(model, threads, device)
+    if not isinstance(runner, Predictor):
+        raise ManifestError(f"model {model.manifest.id} {model.manifest.version} outputs boxes, not a per-voxel map")
+    return runner
+
+
+def _runner(model: RegisteredModel, threads: int, device: str | None) -> ModelRunner:
     manifest = model.manifest
     cpu, gpu = manifest.precision.cpu, manifest.precision.gpu
+    if manifest.output.kind == BOX_KIND:
+        return _box_runner(model, threads, device)
     if manifest.runtime == "onnx":
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return OnnxPredictor(model.model_path, threads=threads, providers=providers)
@@ -163,3 +179,23 @@ def create_predictor(model: RegisteredModel, threads: int = 1, device: str | Non
         return BundlePredictor(model.model_path, trusted=manifest.trusted, threads=threads, device=device,
                                cpu_precision=cpu, gpu_precision=gpu)
     raise ManifestError(f"runtime {manifest.runtime!r} is not supported")  # pragma: no cover
+
+
+def _box_runner(model: RegisteredModel, threads: int, device: str | None) -> ModelRunner:
+    manifest, output = model.manifest, model.manifest.output
+    cpu, gpu = manifest.precision.cpu, manifest.precision.gpu
+    if manifest.runtime == "monai-bundle" and output.nms_iou is not None:  # the manifest requires nms_iou
+        from inference.runners.detection_bundle import DetectionBundlePredictor  # imports monai.apps.detection
+
+        return DetectionBundlePredictor(model.model_path, score_threshold=output.threshold, nms_iou=output.nms_iou,
+                                        trusted=manifest.trusted, threads=threads, device=device, cpu_precision=cpu,
+                                        gpu_precision=gpu)
+    if manifest.runtime == "torchscript":
+        from inference.runners.torch_box_predictor import TorchBoxPredictor  # imports monai.data
+        from inference.runners.torch_predictor import default_device, load_torchscript
+
+        device = device or default_device()
+        return TorchBoxPredictor(load_torchscript(model.model_path, device), box_mode=output.box_mode,
+                                 source=str(model.model_path), device=device, threads=threads, cpu_precision=cpu,
+                                 gpu_precision=gpu)
+    raise ManifestError(f"runtime {manifest.runtime!r} cannot run a box detector")  # the manifest refuses it

@@ -7,7 +7,9 @@ A bundle folder in the standard layout::
     models/model.pt           # the state dict of ``network_def`` (optionally under a "model" key)
 
 The network is built with ``monai.bundle.ConfigParser`` and the weights are loaded with
-``torch.load(weights_only=True)`` (no pickled code runs).
+``torch.load(weights_only=True)`` (no pickled code runs). Detection bundles (``output.kind: boxes``)
+are read the same way (``read_config``, ``instantiate``, ``load_network``) by
+``inference.runners.detection_bundle``.
 
 **Trust.** A bundle's config is code: ``$...`` strings are Python expressions that MONAI
 evaluates, ``%file#id`` macros read other files, and ``_target_`` names any importable callable
@@ -16,7 +18,8 @@ only a declarative network: the ``network_def`` item and every item it reference
 must be plain data (no ``$`` expression, no ``%`` macro, no ``_requires_``, no ``_mode_`` other than
 ``default``), and every ``_target_`` must lie in ``monai.networks``, ``monai.apps`` or
 ``torch.nn``. Anything else is refused with one sentence naming the offending item, before
-``ConfigParser`` evaluates anything. Declarative bundles (most network definitions are) then run
+``ConfigParser`` evaluates anything (for a detection bundle: ``anchor_generator`` too). Items
+that tamsoat does not build (``run``, ``evaluator``, ``detector_ops``, ...) are never evaluated. Declarative bundles (most network definitions are) then run
 without trusting their author; a bundle that needs its expressions runs after an admin has read it
 and set ``trusted: true``. Refusing, rather than parsing with expressions switched off (MONAI's
 ``MONAI_EVAL_EXPR=0`` would leave ``$...`` strings as literal arguments), avoids building a network
@@ -116,8 +119,8 @@ def check_declarative(config: dict[str, Any], item: str = NETWORK_ID) -> None:
                     pending.append(value[1:])
 
 
-def build_network(root: Path, *, trusted: bool) -> torch.nn.Module:
-    """The ``network_def`` of the bundle at ``root`` (weights not loaded)."""
+def read_config(root: Path) -> ConfigParser:
+    """The bundle's inference config, parsed but not evaluated (``configs/metadata.json`` checked too)."""
     meta = root / "configs" / "metadata.json"
     try:
         metadata = json.loads(meta.read_text(encoding="utf-8"))
@@ -131,17 +134,32 @@ def build_network(root: Path, *, trusted: bool) -> torch.nn.Module:
     except (OSError, ValueError) as exc:
         raise RunnerError(f"MONAI bundle {root}: cannot read its config: {exc}") from exc
     parser.read_meta(metadata)
-    config = parser.get()
-    if not isinstance(config, dict):
+    if not isinstance(parser.get(), dict):
         raise RunnerError(f"MONAI bundle {root}: the config must be a mapping")
+    return parser
+
+
+def instantiate(parser: ConfigParser, root: Path, item: str, *, trusted: bool) -> torch.nn.Module:
+    """Build the config's ``item``, a torch module; untrusted bundles pass ``check_declarative`` first."""
     if not trusted:
-        check_declarative(config)
+        check_declarative(parser.get(), item)
     try:
-        network = parser.get_parsed_content(NETWORK_ID, instantiate=True)
+        built = parser.get_parsed_content(item, instantiate=True)
     except Exception as exc:  # MONAI wraps whatever the target raises
-        raise RunnerError(f"MONAI bundle {root}: cannot build {NETWORK_ID}: {exc}") from exc
-    if not isinstance(network, torch.nn.Module):
-        raise RunnerError(f"MONAI bundle {root}: {NETWORK_ID} is a {type(network).__name__}, not a torch module")
+        raise RunnerError(f"MONAI bundle {root}: cannot build {item}: {exc}") from exc
+    if not isinstance(built, torch.nn.Module):
+        raise RunnerError(f"MONAI bundle {root}: {item} is a {type(built).__name__}, not a torch module")
+    return built
+
+
+def load_network(parser: ConfigParser, weights: Path, *, trusted: bool) -> torch.nn.Module:
+    """The bundle's ``network_def`` with ``models/model.pt`` loaded into it."""
+    root = bundle_root(weights)
+    network = instantiate(parser, root, NETWORK_ID, trusted=trusted)
+    try:
+        network.load_state_dict(load_state(weights))
+    except RuntimeError as exc:
+        raise RunnerError(f"MONAI bundle {root}: models/model.pt does not fit {NETWORK_ID}: {exc}") from exc
     return network
 
 
@@ -164,11 +182,7 @@ class BundlePredictor(TorchPredictor):
     def __init__(self, weights: Path, *, trusted: bool = False, threads: int = 1, device: str | None = None,
                  cpu_precision: CpuPrecision = "fp32", gpu_precision: GpuPrecision = "fp16") -> None:
         root = bundle_root(weights)
-        network = build_network(root, trusted=trusted)
-        try:
-            network.load_state_dict(load_state(weights))
-        except RuntimeError as exc:
-            raise RunnerError(f"MONAI bundle {root}: models/model.pt does not fit {NETWORK_ID}: {exc}") from exc
+        network = load_network(read_config(root), weights, trusted=trusted)
         super().__init__(network, source=str(root), device=device or default_device(),
                          cpu_precision=cpu_precision, gpu_precision=gpu_precision, threads=threads)
         self.root = root

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from inference.volume import FloatArray
 
 
+@runtime_checkable
 class Predictor(Protocol):
     """A model. ``x`` is float32 ``(N, 1, D, H, W)``; the result is float32 ``(N, 1, D, H, W)``.
 

@@ -1,4 +1,6 @@
-"""Sliding-window inference over a normalized volume, blending overlapping windows with a Gaussian.
+"""Sliding-window inference over a normalized volume: per-voxel outputs are blended with a Gaussian
+(``sliding_window_predict``), boxes are collected in volume voxels (``sliding_window_boxes``; the
+post-processing merges those that overlap across windows).
 
 Along each axis the window is the manifest's patch size, or the whole (padded) axis when that is
 smaller, so a volume that fits in one patch runs in one call. Inputs are padded with
@@ -15,6 +17,7 @@ from itertools import product
 import numpy as np
 import numpy.typing as npt
 
+from inference.runners.box_predictor import Boxes, BoxPredictor
 from inference.runners.predictor import Predictor
 from inference.volume import FloatArray
 
@@ -77,6 +80,21 @@ def _axis_norm(plan: AxisPlan, profile: npt.NDArray[np.float64]) -> npt.NDArray[
     return total
 
 
+def _shape(volume: FloatArray) -> tuple[int, int, int]:
+    if volume.ndim != 3:
+        raise ValueError(f"volume must be 3-D (D, H, W), not {volume.shape}")
+    return int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2])
+
+
+def _padded(volume: FloatArray, plans: tuple[AxisPlan, AxisPlan, AxisPlan], pad_value: float) -> FloatArray:
+    padded_shape = tuple(p.padded for p in plans)
+    if padded_shape == volume.shape:
+        return np.ascontiguousarray(volume, dtype=np.float32)
+    source = np.full(padded_shape, pad_value, dtype=np.float32)
+    source[: volume.shape[0], : volume.shape[1], : volume.shape[2]] = volume
+    return source
+
+
 def sliding_window_predict(
     predictor: Predictor,
     volume: FloatArray,
@@ -87,16 +105,10 @@ def sliding_window_predict(
     pad_value: float = 0.0,
 ) -> FloatArray:
     """Run ``predictor`` over a ``(D, H, W)`` float32 volume; return the blended ``(D, H, W)`` output."""
-    if volume.ndim != 3:
-        raise ValueError(f"volume must be 3-D (D, H, W), not {volume.shape}")
-    shape = (int(volume.shape[0]), int(volume.shape[1]), int(volume.shape[2]))
+    shape = _shape(volume)
     plans = plan_windows(shape, patch_size, overlap, divisible_by, predictor.fixed_shape)
     padded_shape = tuple(p.padded for p in plans)
-    if padded_shape != shape:
-        source = np.full(padded_shape, pad_value, dtype=np.float32)
-        source[: shape[0], : shape[1], : shape[2]] = volume
-    else:
-        source = np.ascontiguousarray(volume, dtype=np.float32)
+    source = _padded(volume, plans, pad_value)
 
     profiles = [gaussian_profile(p.window) for p in plans]
     weight = (
@@ -124,3 +136,28 @@ def sliding_window_predict(
     out /= norms[1][None, : shape[1], None].astype(np.float32)
     out /= norms[2][None, None, : shape[2]].astype(np.float32)
     return np.ascontiguousarray(out)
+
+
+def sliding_window_boxes(
+    predictor: BoxPredictor,
+    volume: FloatArray,
+    patch_size: tuple[int, int, int],
+    overlap: float = 0.25,
+    divisible_by: int = 1,
+    pad_value: float = 0.0,
+) -> Boxes:
+    """Run a box detector over a ``(D, H, W)`` volume, one window at a time; every window's boxes, in
+    the volume's voxels and clipped to it. Overlapping windows report the same object more than once:
+    ``inference.box_postprocess`` merges them (non-maximum suppression)."""
+    shape = _shape(volume)
+    plans = plan_windows(shape, patch_size, overlap, divisible_by)
+    source = _padded(volume, plans, pad_value)
+    window = tuple(p.window for p in plans)
+    found = []
+    for z, y, x in product(*(p.starts for p in plans)):
+        patch = source[None, None, z : z + window[0], y : y + window[1], x : x + window[2]]
+        found.append(predictor.predict_boxes(np.ascontiguousarray(patch)).shifted((z, y, x)))
+    boxes = Boxes.concatenate(found)
+    corners = np.clip(boxes.corners, 0.0, np.array(shape * 2, dtype=np.float64))
+    inside = np.all(corners[:, 3:] > corners[:, :3], axis=1)  # boxes that lay wholly in the padding vanish
+    return Boxes(corners[inside], boxes.scores[inside])

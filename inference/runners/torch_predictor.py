@@ -1,13 +1,16 @@
-"""The PyTorch side of the ``Predictor`` seam: a ``torch.nn.Module`` on CUDA when present, else CPU.
+"""The PyTorch side of the model seams: a ``torch.nn.Module`` on CUDA when present, else CPU.
 
-Shared by the TorchScript and MONAI-bundle runners. On a GPU the model runs under fp16 autocast by
+Shared by the TorchScript and MONAI-bundle runners, per-voxel (``TorchPredictor``) and box
+(``inference.runners.torch_box_predictor``) alike. On a GPU the model runs under fp16 autocast by
 default; on the CPU in fp32, or under bf16 autocast when the manifest asks for it (``precision``).
 The output always comes back as float32 numpy.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -26,8 +29,8 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-class TorchPredictor:
-    """Runs a module taking ``(N, 1, D, H, W)`` float32 and returning a same-shaped output.
+class TorchRunner:
+    """A module on a device, run under the manifest's precision: what the PyTorch runners share.
 
     ``threads`` sets PyTorch's intra-op thread count on the CPU; PyTorch has one pool per process,
     so the last runner built decides it (the service builds its runners with the same setting).
@@ -61,15 +64,23 @@ class TorchPredictor:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
-    def predict(self, x: FloatArray) -> FloatArray:
+    def run(self, x: FloatArray) -> object:
+        """The module's raw output for a float32 ``(N, 1, D, H, W)`` batch."""
         if x.ndim != 5 or x.shape[1] != 1:
             raise RunnerError(f"model input must be (N, 1, D, H, W), not {x.shape}")
         tensor = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         try:
             with torch.inference_mode(), self._autocast():
-                out = self._module(tensor)
+                return self._module(tensor)
         except RuntimeError as exc:
             raise RunnerError(f"model {self.source} failed on input {tuple(x.shape)}: {exc}") from exc
+
+
+class TorchPredictor(TorchRunner):
+    """Runs a module taking ``(N, 1, D, H, W)`` float32 and returning a same-shaped output."""
+
+    def predict(self, x: FloatArray) -> FloatArray:
+        out = self.run(x)
         if isinstance(out, (tuple, list)):
             out = out[0]
         if not isinstance(out, torch.Tensor):
@@ -78,3 +89,14 @@ class TorchPredictor:
             raise RunnerError(f"model output {tuple(out.shape)} does not match its input {tuple(x.shape)}")
         result: FloatArray = out.detach().to("cpu", torch.float32).numpy()
         return result
+
+
+def load_torchscript(model_path: Path, device: str) -> torch.nn.Module:
+    """``torch.jit.load`` onto ``device`` (no Python code is run)."""
+    try:
+        with warnings.catch_warnings():  # TorchScript is deprecated upstream, still what users bring
+            warnings.simplefilter("ignore", FutureWarning)
+            module: torch.nn.Module = torch.jit.load(str(model_path), map_location=device)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise RunnerError(f"cannot load TorchScript model {model_path}: {exc}") from exc
+    return module
