@@ -102,7 +102,8 @@ class OutputSpec(_Strict):
     threshold: float = Field(gt=0.0, lt=1.0, description="on the probability (boxes: on the score)")
     min_diameter_mm: float = Field(default=0.0, ge=0.0)
     label: CodeSpec
-    box_mode: BoxMode = Field(default="xyzxyz", description="boxes only: how the model writes a box")
+    box_mode: BoxMode | None = Field(default=None, description="boxes only: how the model writes a box "
+                                     "(default xyzxyz, MONAI's corner form)")
     nms_iou: float | None = Field(default=None, gt=0.0, le=1.0,
                                   description="boxes only (required): boxes overlapping more are merged")
 
@@ -112,10 +113,15 @@ class OutputSpec(_Strict):
             if self.nms_iou is None:
                 raise ValueError("kind boxes needs nms_iou (the IoU above which overlapping boxes are merged)")
         else:
-            extra = sorted({"box_mode", "nms_iou"} & self.model_fields_set)
+            extra = [name for name in ("box_mode", "nms_iou") if getattr(self, name) is not None]
             if extra:
                 raise ValueError(f"{' and '.join(extra)} apply to kind boxes only, not {self.kind}")
         return self
+
+    @property
+    def corner_mode(self) -> BoxMode:
+        """The box mode the model writes (``box_mode``, or MONAI's corner form xyzxyz)."""
+        return self.box_mode or "xyzxyz"
 
 
 Runtime = Literal["onnx", "torchscript", "monai-bundle"]
@@ -196,7 +202,7 @@ class Manifest(_Strict):
         if self.output.kind == BOX_KIND:
             if self.runtime == "onnx":
                 raise ValueError("output kind boxes needs runtime monai-bundle or torchscript, not onnx")
-            if self.runtime == "monai-bundle" and self.output.box_mode != "xyzxyz":
+            if self.runtime == "monai-bundle" and self.output.corner_mode != "xyzxyz":
                 raise ValueError(
                     "a monai-bundle box detector runs through MONAI's RetinaNetDetector, which gives xyzxyz boxes: "
                     f"remove output.box_mode {self.output.box_mode} (the bundle's own post-processing is not run)"

@@ -195,7 +195,7 @@ def _box_runner(model: RegisteredModel, threads: int, device: str | None) -> Mod
         from inference.runners.torch_predictor import default_device, load_torchscript
 
         device = device or default_device()
-        return TorchBoxPredictor(load_torchscript(model.model_path, device), box_mode=output.box_mode,
+        return TorchBoxPredictor(load_torchscript(model.model_path, device), box_mode=output.corner_mode,
                                  source=str(model.model_path), device=device, threads=threads, cpu_precision=cpu,
                                  gpu_precision=gpu)
     raise ManifestError(f"runtime {manifest.runtime!r} cannot run a box detector")  # the manifest refuses it

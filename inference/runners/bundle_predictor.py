@@ -19,9 +19,10 @@ must be plain data (no ``$`` expression, no ``%`` macro, no ``_requires_``, no `
 ``default``), and every ``_target_`` must lie in ``monai.networks``, ``monai.apps`` or
 ``torch.nn``. Anything else is refused with one sentence naming the offending item, before
 ``ConfigParser`` evaluates anything (for a detection bundle: ``anchor_generator`` too). Items
-that tamsoat does not build (``run``, ``evaluator``, ``detector_ops``, ...) are never evaluated. Declarative bundles (most network definitions are) then run
-without trusting their author; a bundle that needs its expressions runs after an admin has read it
-and set ``trusted: true``. Refusing, rather than parsing with expressions switched off (MONAI's
+that tamsoat does not build (``run``, ``evaluator``, ``detector_ops``, ...) are never evaluated,
+trusted or not. Declarative bundles (most network definitions are) then run without trusting
+their author; a bundle that needs its expressions runs after an admin has read it and set
+``trusted: true``. Refusing, rather than parsing with expressions switched off (MONAI's
 ``MONAI_EVAL_EXPR=0`` would leave ``$...`` strings as literal arguments), avoids building a network
 with silently wrong arguments.
 """

@@ -186,7 +186,7 @@ def _manifest(**output: Any) -> dict[str, Any]:
 
 def test_manifest_box_fields_are_checked_at_start_up() -> None:
     ok = parse_manifest(_manifest())
-    assert ok.output.kind == "boxes" and ok.output.box_mode == "xyzxyz" and ok.output.nms_iou == 0.22
+    assert ok.output.kind == "boxes" and ok.output.corner_mode == "xyzxyz" and ok.output.nms_iou == 0.22
     assert ok.input.axes == "ras"
     no_nms = _manifest()
     del no_nms["output"]["nms_iou"]
@@ -203,4 +203,8 @@ def test_manifest_box_fields_are_checked_at_start_up() -> None:
     with pytest.raises(ManifestError, match=r"input\.axes"):
         parse_manifest({**_manifest(), "input": {**_manifest()["input"], "axes": "lps"}})
     ts = parse_manifest({**_manifest(box_mode="cccwhd"), "runtime": "torchscript", "files": {"m.ts": "a" * 64}})
-    assert ts.output.box_mode == "cccwhd"
+    assert ts.output.corner_mode == "cccwhd"
+    logits = _manifest(kind="logits")
+    del logits["output"]["nms_iou"]
+    parsed = parse_manifest({**logits, "runtime": "onnx", "files": {"model.onnx": "a" * 64}})
+    assert parsed.output.box_mode is None and parsed.output.nms_iou is None
