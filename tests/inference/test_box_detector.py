@@ -30,9 +30,13 @@ from factory_detection import (
     zoo_style_config,
 )
 from factory_dicom import write_volume
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+from monai.apps.detection.networks.retinanet_network import RetinaNet
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
 
-from inference.manifest import ManifestError, parse_manifest
+from inference.manifest import Manifest, ManifestError, parse_manifest
 from inference.pipeline import Engine, detect_in_volume, model_input
+from inference.preprocess import to_ras
 from inference.registry import Registry
 from inference.runners.bundle_predictor import BundleTrustError
 from inference.runners.detection_bundle import DetectionBundlePredictor
@@ -56,8 +60,6 @@ def _source_affine() -> np.ndarray:
 def _blob_volume() -> tuple[Volume, np.ndarray]:
     """Lung-like air with a bright Gaussian blob (sigma 2 mm); its centre in patient mm."""
     empty = Volume(array=np.zeros(SHAPE_KJI, dtype=np.float32), affine=_source_affine())
-    from inference.preprocess import to_ras
-
     centre_mm = to_ras(empty).index_to_patient(BLOB_RAS_INDEX)
     k, j, i = np.indices(SHAPE_KJI)
     points = empty.index_to_patient(np.stack([i, j, k], axis=-1))
@@ -72,14 +74,27 @@ def blob() -> tuple[Volume, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def models_dir(blob: tuple[Volume, np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """models/ with the calibrated network as a declarative (untrusted) and a zoo-style (trusted) bundle."""
+def net(blob: tuple[Volume, np.ndarray]) -> RetinaNet:
+    """The tiny RetinaNet, calibrated on the blob volume's model input (one window)."""
     volume, _ = blob
-    root = tmp_path_factory.mktemp("models")
     net = tiny_retinanet()
-    probe = parse_manifest(box_manifest("probe", {"models/model.pt": "0" * 64}, patch_size=PATCH_KJI))
-    grid = model_input(volume, probe)
-    calibrate(net, np.ascontiguousarray(grid.array.transpose(2, 1, 0))[None, None])
+    calibrate(net, _xyz(model_input(volume, _probe())))
+    return net
+
+
+def _probe() -> Manifest:
+    return parse_manifest(box_manifest("probe", {"models/model.pt": "0" * 64}, patch_size=PATCH_KJI))
+
+
+def _xyz(grid: Volume) -> np.ndarray:
+    """The grid as MONAI's ``(1, 1, x, y, z)`` batch."""
+    return np.ascontiguousarray(grid.array.transpose(2, 1, 0))[None, None]
+
+
+@pytest.fixture(scope="module")
+def models_dir(net: RetinaNet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """models/ with the network as a declarative (untrusted) and as a zoo-style (trusted) bundle."""
+    root = tmp_path_factory.mktemp("models")
     for model_id, config, trusted in (("rn-plain", declarative_config(), False), ("rn-zoo", zoo_style_config(), True)):
         folder = root / model_id / "1.0.0"
         files = write_bundle(folder, net, config)
@@ -94,15 +109,15 @@ def _routing(path: Path, model_id: str) -> Path:
     return path
 
 
-def _expected_box_mm(models_dir: Path, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
-    """MONAI's own detector on the model input, its one box mapped through the grid's affine:
-    (centre mm, extent mm). Independent of tamsoat's sliding window and post-processing."""
-    predictor = Registry(models_dir).load("rn-plain").predictor
-    assert hasattr(predictor, "inner") and isinstance(predictor.inner, DetectionBundlePredictor)
-    grid = model_input(volume, Registry(models_dir).get("rn-plain").manifest)
-    x = torch.from_numpy(np.ascontiguousarray(grid.array.transpose(2, 1, 0)))[None, None]
+def _expected_box_mm(net: RetinaNet, volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """MONAI's own ``RetinaNetDetector`` on the model input, its one box mapped through the grid's affine:
+    (centre mm, extent mm). Nothing of tamsoat's runners, windows or post-processing is involved."""
+    grid = model_input(volume, _probe())
+    anchors = AnchorGeneratorWithAnchorShape(feature_map_scales=[1], base_anchor_shapes=ANCHOR_SHAPES)
+    detector = RetinaNetDetector(net, anchors).eval()
+    detector.set_box_selector_parameters(score_thresh=0.5, nms_thresh=0.22)
     with torch.inference_mode():
-        (found,) = predictor.inner._module(x)
+        (found,) = detector(torch.from_numpy(_xyz(grid)))
     assert found["boxes"].shape == (1, 6), found
     box = found["boxes"][0].double().numpy()
     return grid.index_to_patient((box[:3] + box[3:]) / 2.0), (box[3:] - box[:3]) * np.array(grid.spacing)
@@ -113,11 +128,11 @@ def _one(found: list[Detection] | tuple[Detection, ...]) -> Detection:
     return found[0]
 
 
-def test_finding_sits_where_the_box_is(models_dir: Path, blob: tuple[Volume, np.ndarray]) -> None:
+def test_finding_sits_where_the_box_is(models_dir: Path, net: RetinaNet, blob: tuple[Volume, np.ndarray]) -> None:
     volume, blob_mm = blob
     model = Registry(models_dir).load("rn-plain")
     finding = _one(detect_in_volume(volume, model))
-    box_centre_mm, box_extent_mm = _expected_box_mm(models_dir, volume)
+    box_centre_mm, box_extent_mm = _expected_box_mm(net, volume)
     # The box is the first anchor, centred on the blob's voxel of the RAS grid.
     np.testing.assert_allclose(box_extent_mm, np.array(ANCHOR_SHAPES[0]) * SPACING_MM)
     np.testing.assert_allclose(box_centre_mm, blob_mm, atol=1e-6)
@@ -162,7 +177,7 @@ def test_config_items_outside_the_detector_are_never_run(models_dir: Path, tmp_p
     assert not (tmp_path / "MARKER").exists()
 
 
-def test_zoo_style_bundle_needs_trust(models_dir: Path, tmp_path: Path) -> None:
+def test_zoo_style_bundle_needs_trust(models_dir: Path) -> None:
     folder = models_dir / "rn-zoo" / "1.0.0"
     with pytest.raises(BundleTrustError, match=r"Python expression|outside"):
         DetectionBundlePredictor(folder / "models" / "model.pt", score_threshold=0.5, nms_iou=0.2, device="cpu")

@@ -16,6 +16,7 @@ from inference.dicom_series import load_series
 from inference.pipeline import Engine, analyze_series
 from inference.registry import LoadedModel, Registry
 from inference.routing import RoutingError
+from inference.runners.axes import XyzPredictor
 from inference.volume import Volume
 from tamsoat.core.settings import PACKAGE_DEFAULTS
 
@@ -89,6 +90,21 @@ def test_sliding_windows_find_the_same_sphere(tmp_path: Path) -> None:
     write_model_folder(models, build=threshold_model, input={"patch_size": [16, 16, 16], "overlap": 0.5})
     model = Registry(models).load("lung-nodule-phantom")
     paths, centre_mm = _sphere_series(tmp_path / "ct", (40.0, 30.0, 25.0), 5.0)
+    result = analyze_series(paths, model)
+    assert len(result.detections) == 1
+    assert np.linalg.norm(np.array(result.detections[0].center_mm) - centre_mm) < 1.25
+
+
+def test_monai_layout_finds_the_same_sphere(tmp_path: Path) -> None:
+    """``input.axes: ras``: the model sees the volume turned to RAS as (x, y, z) patches (non-cubic windows
+    here); its output comes back on the RAS grid, so the finding stays where the sphere is."""
+    models = tmp_path / "models"
+    write_model_folder(models, build=threshold_model,
+                       input={"axes": "ras", "patch_size": [16, 24, 32], "overlap": 0.5})
+    model = Registry(models).load("lung-nodule-phantom")
+    assert isinstance(model.predictor, XyzPredictor)
+    paths, centre_mm = _sphere_series(tmp_path / "ct", (40.0, 30.0, 25.0), 5.0,
+                                      orientation=(-1.0, 0.0, 0.0, 0.0, 1.0, 0.0))
     result = analyze_series(paths, model)
     assert len(result.detections) == 1
     assert np.linalg.norm(np.array(result.detections[0].center_mm) - centre_mm) < 1.25
