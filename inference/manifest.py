@@ -199,14 +199,12 @@ class Manifest(_Strict):
             raise ValueError("trusted applies to monai-bundle models only")
         if self.precision.cpu != "fp32" and self.runtime == "onnx":
             raise ValueError("precision.cpu bf16 needs a PyTorch runtime (torchscript or monai-bundle), not onnx")
-        if self.output.kind == BOX_KIND:
-            if self.runtime == "onnx":
-                raise ValueError("output kind boxes needs runtime monai-bundle or torchscript, not onnx")
-            if self.runtime == "monai-bundle" and self.output.corner_mode != "xyzxyz":
-                raise ValueError(
-                    "a monai-bundle box detector runs through MONAI's RetinaNetDetector, which gives xyzxyz boxes: "
-                    f"remove output.box_mode {self.output.box_mode} (the bundle's own post-processing is not run)"
-                )
+        bundle_boxes = self.output.kind == BOX_KIND and self.runtime == "monai-bundle"
+        if bundle_boxes and self.output.corner_mode != "xyzxyz":
+            raise ValueError(
+                "a monai-bundle box detector runs through MONAI's RetinaNetDetector, which gives xyzxyz boxes: "
+                f"remove output.box_mode {self.output.box_mode} (the bundle's own post-processing is not run)"
+            )
         return self
 
     @property

@@ -168,8 +168,7 @@ def _runner(model: RegisteredModel, threads: int, device: str | None) -> ModelRu
     if manifest.output.kind == BOX_KIND:
         return _box_runner(model, threads, device)
     if manifest.runtime == "onnx":
-        providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return OnnxPredictor(model.model_path, threads=threads, providers=providers)
+        return OnnxPredictor(model.model_path, threads=threads, providers=_onnx_providers(device))
     if manifest.runtime == "torchscript":
         return TorchScriptPredictor(model.model_path, threads=threads, device=device, cpu_precision=cpu,
                                     gpu_precision=gpu)
@@ -198,4 +197,14 @@ def _box_runner(model: RegisteredModel, threads: int, device: str | None) -> Mod
         return TorchBoxPredictor(load_torchscript(model.model_path, device), box_mode=output.corner_mode,
                                  source=str(model.model_path), device=device, threads=threads, cpu_precision=cpu,
                                  gpu_precision=gpu)
-    raise ManifestError(f"runtime {manifest.runtime!r} cannot run a box detector")  # the manifest refuses it
+    if manifest.runtime == "onnx":
+        from inference.runners.onnx_box_predictor import OnnxBoxPredictor
+
+        return OnnxBoxPredictor(model.model_path, box_mode=output.corner_mode, threads=threads,
+                                providers=_onnx_providers(device))
+    raise ManifestError(f"runtime {manifest.runtime!r} cannot run a box detector")  # pragma: no cover
+
+
+def _onnx_providers(device: str | None) -> list[str] | None:
+    """``device="cpu"`` pins ONNX Runtime to the CPU; otherwise CUDA first when present."""
+    return ["CPUExecutionProvider"] if device == "cpu" else None

@@ -1,8 +1,9 @@
 """Runners: the model seams and their implementations.
 
 Per-voxel models (``Predictor``): ONNX Runtime, TorchScript, MONAI bundle. Box detectors
-(``BoxPredictor``): TorchScript, MONAI detection bundle. ``inference.runners.bundle_predictor``,
-``detection_bundle`` and ``torch_box_predictor`` are imported where used: they pull in MONAI.
+(``BoxPredictor``): ONNX Runtime, TorchScript, MONAI detection bundle. The modules ``bundle_predictor``,
+``detection_bundle``, ``torch_box_predictor`` and ``onnx_box_predictor`` are imported where used
+(``inference.registry``): they pull in MONAI.
 """
 
 from inference.runners.axes import in_xyz

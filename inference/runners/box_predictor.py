@@ -15,6 +15,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
+from inference.runners.onnx_predictor import RunnerError
 from inference.volume import FloatArray
 
 BoxArray = npt.NDArray[np.float64]
@@ -48,6 +49,16 @@ class Boxes:
     def reversed_axes(self) -> Boxes:
         """The same boxes with the axis order reversed ((x, y, z) <-> (k, j, i))."""
         return Boxes(self.corners[:, [2, 1, 0, 5, 4, 3]], self.scores)
+
+
+def to_boxes(boxes: npt.ArrayLike, scores: npt.ArrayLike, box_mode: str, source: str) -> Boxes:
+    """A model's ``(n, 6)`` boxes written in ``box_mode`` (MONAI's names) and ``(n,)`` scores as ``Boxes``."""
+    from monai.data.box_utils import convert_box_to_standard_mode  # MONAI: imported when a box model runs
+
+    b, s = np.asarray(boxes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 6 or s.shape != (b.shape[0],):
+        raise RunnerError(f"model {source} returned boxes {b.shape} and scores {s.shape}, not (n, 6) and (n,)")
+    return Boxes(np.asarray(convert_box_to_standard_mode(b, mode=box_mode), dtype=np.float64), s)
 
 
 @runtime_checkable

@@ -8,17 +8,15 @@ The module takes one float32 patch ``(1, 1, D, H, W)`` and returns, for that pat
 * a tuple ``(boxes, scores, ...)``.
 
 ``boxes`` is ``(n, 6)`` in the manifest's ``box_mode`` (MONAI's mode names, along the input's array
-axes, in voxels) and is converted to corner form with ``monai.data.box_utils``; ``scores`` ``(n,)``
+axes, in voxels) and is converted to corner form (``box_predictor.to_boxes``); ``scores`` ``(n,)``
 are probabilities.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-from monai.data.box_utils import convert_box_to_standard_mode
 
-from inference.runners.box_predictor import Boxes
+from inference.runners.box_predictor import Boxes, to_boxes
 from inference.runners.onnx_predictor import RunnerError
 from inference.runners.torch_predictor import CpuPrecision, GpuPrecision, TorchRunner
 from inference.volume import FloatArray
@@ -40,9 +38,6 @@ def _boxes_and_scores(out: object, source: str) -> tuple[torch.Tensor, torch.Ten
         raise RunnerError(f"model {source} returned {type(out).__name__}, not boxes and scores")
     if not (isinstance(boxes, torch.Tensor) and isinstance(scores, torch.Tensor)):
         raise RunnerError(f"model {source} returned boxes and scores that are not tensors")
-    if boxes.ndim != 2 or boxes.shape[1] != 6 or scores.shape != (boxes.shape[0],):
-        raise RunnerError(f"model {source} returned boxes {tuple(boxes.shape)} and scores {tuple(scores.shape)}, "
-                          "not (n, 6) and (n,)")
     return boxes, scores
 
 
@@ -60,5 +55,5 @@ class TorchBoxPredictor(TorchRunner):
         if x.shape[:2] != (1, 1):
             raise RunnerError(f"a box detector takes one patch (1, 1, D, H, W), not {x.shape}")
         boxes, scores = _boxes_and_scores(self.run(x), self.source)
-        corners = convert_box_to_standard_mode(boxes.detach().to("cpu", torch.float64), mode=self.box_mode)
-        return Boxes(np.asarray(corners, dtype=np.float64), scores.detach().to("cpu", torch.float64).numpy())
+        return to_boxes(boxes.detach().to("cpu", torch.float64).numpy(),
+                        scores.detach().to("cpu", torch.float64).numpy(), self.box_mode, self.source)

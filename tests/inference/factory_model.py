@@ -67,6 +67,21 @@ def conv_model(path: Path, kernel: int = 3, seed: int = 0) -> Path:
     return _save(graph, path)
 
 
+def constant_box_model(path: Path, box: Sequence[float]) -> Path:
+    """A box detector that reports ``box`` (6 numbers, in the manifest's box mode) in every patch, scored by
+    the patch's highest normalized intensity: outputs ``boxes`` (1, 6) and ``scores`` (1,)."""
+    nodes = [
+        helper.make_node("Constant", [], ["boxes"], value=numpy_helper.from_array(
+            np.array([box], dtype=np.float32), "box")),
+        helper.make_node("ReduceMax", ["image"], ["peak"], keepdims=0),
+        helper.make_node("Reshape", ["peak", "one"], ["scores"]),
+    ]
+    inits = [numpy_helper.from_array(np.array([1], dtype=np.int64), "one")]
+    graph = helper.make_graph(nodes, "constant_box", [_io("image", [1, 1, "d", "h", "w"])],
+                              [_io("boxes", [1, 6]), _io("scores", [1])], inits)
+    return _save(graph, path)
+
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

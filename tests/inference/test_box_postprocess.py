@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 from factory_detection import write_manifest
-from factory_model import manifest_dict, sha256_of
+from factory_model import constant_box_model, manifest_dict, sha256_of, write_model_folder
 
 from inference.box_postprocess import detections_from_boxes
 from inference.pipeline import detect_in_volume
 from inference.preprocess import to_ras
 from inference.registry import Registry
 from inference.runners import Boxes, CallableBoxPredictor, in_xyz, sliding_window_boxes
+from inference.runners.onnx_box_predictor import OnnxBoxPredictor
 from inference.volume import FloatArray, Volume
 
 
@@ -97,6 +98,22 @@ def test_torchscript_box_detector_in_either_axis_order(tmp_path: Path, axes: str
     (finding,) = detect_in_volume(volume, Registry(tmp_path / "models").load("bright"))
     np.testing.assert_allclose(finding.center_mm, volume.index_to_patient([9, 20, 5]), atol=1e-9)
     assert finding.diameter_mm == pytest.approx(4 * sum(spacing) / 3)
+
+
+def test_onnx_box_detector(tmp_path: Path) -> None:
+    spacing = (0.7, 0.8, 1.25)
+    write_model_folder(tmp_path / "models", build=lambda p: constant_box_model(p, [5, 20, 9, 4, 6, 2]),
+                       input={"spacing_mm": list(spacing), "patch_size": [24, 32, 32]},
+                       output={"kind": "boxes", "box_mode": "cccwhd", "nms_iou": 0.2})
+    model = Registry(tmp_path / "models").load("lung-nodule-phantom")
+    assert isinstance(model.predictor, OnnxBoxPredictor)
+    hu = np.full((24, 32, 32), -1000.0, dtype=np.float32)
+    hu[3, 3, 3] = 300.0
+    volume = Volume(array=hu, affine=_affine(spacing, (-12.0, 40.0, -90.0)))
+    (finding,) = detect_in_volume(volume, model)
+    np.testing.assert_allclose(finding.center_mm, volume.index_to_patient([9, 20, 5]), atol=1e-9)
+    assert finding.diameter_mm == pytest.approx((2 * 0.7 + 6 * 0.8 + 4 * 1.25) / 3)  # (k, j, i) extents 4, 6, 2
+    assert finding.confidence == pytest.approx(1300 / 1400, abs=1e-6)
 
 
 def test_xyz_adapter_hands_the_model_x_y_z() -> None:
