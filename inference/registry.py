@@ -14,7 +14,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from inference.manifest import BOX_KIND, MANIFEST_NAME, Manifest, ManifestError, load_manifest, version_key
-from inference.runners import ModelRunner, OnnxPredictor, Predictor, TorchScriptPredictor, in_xyz
+from inference.runners import (
+    ModelRunner,
+    OnnxBoxPredictor,
+    OnnxPredictor,
+    Predictor,
+    TorchBoxPredictor,
+    TorchScriptPredictor,
+    default_device,
+    in_xyz,
+    load_torchscript,
+)
 from tamsoat.core.domain import ModelIdentity
 
 _CHUNK = 1 << 20
@@ -163,10 +173,10 @@ def create_predictor(model: RegisteredModel, threads: int = 1, device: str | Non
 
 
 def _runner(model: RegisteredModel, threads: int, device: str | None) -> ModelRunner:
+    if model.manifest.output.kind == BOX_KIND:
+        return _box_runner(model, threads, device)
     manifest = model.manifest
     cpu, gpu = manifest.precision.cpu, manifest.precision.gpu
-    if manifest.output.kind == BOX_KIND:
-        return _box_runner(model, threads, device)
     if manifest.runtime == "onnx":
         return OnnxPredictor(model.model_path, threads=threads, providers=_onnx_providers(device))
     if manifest.runtime == "torchscript":
@@ -190,16 +200,11 @@ def _box_runner(model: RegisteredModel, threads: int, device: str | None) -> Mod
                                         trusted=manifest.trusted, threads=threads, device=device, cpu_precision=cpu,
                                         gpu_precision=gpu)
     if manifest.runtime == "torchscript":
-        from inference.runners.torch_box_predictor import TorchBoxPredictor  # imports monai.data
-        from inference.runners.torch_predictor import default_device, load_torchscript
-
         device = device or default_device()
         return TorchBoxPredictor(load_torchscript(model.model_path, device), box_mode=output.corner_mode,
                                  source=str(model.model_path), device=device, threads=threads, cpu_precision=cpu,
                                  gpu_precision=gpu)
     if manifest.runtime == "onnx":
-        from inference.runners.onnx_box_predictor import OnnxBoxPredictor
-
         return OnnxBoxPredictor(model.model_path, box_mode=output.corner_mode, threads=threads,
                                 providers=_onnx_providers(device))
     raise ManifestError(f"runtime {manifest.runtime!r} cannot run a box detector")  # pragma: no cover
