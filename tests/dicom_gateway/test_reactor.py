@@ -40,6 +40,7 @@ def test_installed_for_the_pinned_pynetdicom(running_scp: RunningSCP) -> None:
     assert reactor.is_installed()
     assert DULServiceProvider.run_reactor is reactor._dul_run_reactor
     assert Association._run_reactor is reactor._assoc_run_reactor
+    assert Association.kill is reactor._assoc_kill
 
 
 def test_idle_association_does_not_spin(running_scp: RunningSCP, monkeypatch: pytest.MonkeyPatch) -> None:
