@@ -37,7 +37,7 @@ from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorSha
 from inference.manifest import Manifest, ManifestError, parse_manifest
 from inference.pipeline import Engine, detect_in_volume, model_input
 from inference.preprocess import to_ras
-from inference.registry import Registry
+from inference.registry import Registry, create_predictor
 from inference.runners.bundle_predictor import BundleTrustError
 from inference.runners.detection_bundle import DetectionBundlePredictor
 from inference.volume import Volume
@@ -175,6 +175,12 @@ def test_config_items_outside_the_detector_are_never_run(models_dir: Path, tmp_p
     registry.load("rn-plain")
     registry.load("rn-zoo")
     assert not (tmp_path / "MARKER").exists()
+
+
+def test_per_voxel_factory_refuses_a_box_model(models_dir: Path) -> None:
+    """``create_predictor`` (training's evaluation path) wants a per-voxel map and says so."""
+    with pytest.raises(ManifestError, match="outputs boxes, not a per-voxel map"):
+        create_predictor(Registry(models_dir).get("rn-plain"), device="cpu")
 
 
 def test_zoo_style_bundle_needs_trust(models_dir: Path) -> None:
