@@ -20,10 +20,8 @@ until there is work:
 * ``Association.kill`` checks every 1 ms (not 10 ms) whether the DUL has stopped.
 
 Every wait is capped at :data:`IDLE_WAIT_S`, so the timers (ARTIM, network idle timeout) and the
-kill flags are still checked at least that often. :func:`install` patches only the pynetdicom
-versions it was written against (:data:`SUPPORTED_VERSIONS`); with any other version it logs and
-leaves pynetdicom as it is (slower, still correct), and ``tests/dicom_gateway/test_reactor.py``
-fails so the copies get reviewed.
+kill flags are still checked at least that often. The copies follow pynetdicom 3.0;
+:func:`dicom_gateway.pynetdicom_tuning.install` applies them only to the versions it names.
 """
 
 from __future__ import annotations
@@ -39,21 +37,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pynetdicom
 from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 
-__all__ = ["IDLE_WAIT_S", "SUPPORTED_VERSIONS", "install", "is_installed"]
+__all__ = ["IDLE_WAIT_S", "install"]
 
 LOG = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05
-SUPPORTED_VERSIONS = ("3.0.",)
-
-_lock = threading.Lock()
-_installed = False
 
 
 class _Waker:
@@ -252,26 +245,11 @@ def _stopping(method: Callable[[DULServiceProvider], bool]) -> Callable[[DULServ
     return stop_dul
 
 
-def is_installed() -> bool:
-    return _installed
-
-
-def install() -> bool:
-    """Make pynetdicom's reactors event-driven (idempotent). Returns whether they are."""
-    global _installed
-    with _lock:
-        if _installed:
-            return True
-        version = str(pynetdicom.__version__)
-        if not version.startswith(SUPPORTED_VERSIONS):
-            LOG.warning("dicom.reactor.not_installed pynetdicom=%s supported=%s", version,
-                        ",".join(SUPPORTED_VERSIONS))
-            return False
-        DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
-        DULServiceProvider.send_pdu = _waking(DULServiceProvider.send_pdu)  # type: ignore[method-assign]
-        DULServiceProvider.kill_dul = _waking(DULServiceProvider.kill_dul)  # type: ignore[method-assign]
-        DULServiceProvider.stop_dul = _stopping(DULServiceProvider.stop_dul)  # type: ignore[method-assign,assignment]
-        Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
-        Association.kill = _assoc_kill  # type: ignore[method-assign]
-        _installed = True
-        return True
+def install() -> None:
+    """Put the event-driven loops in place of pynetdicom's (call once, before any association)."""
+    DULServiceProvider.run_reactor = _dul_run_reactor  # type: ignore[method-assign]
+    DULServiceProvider.send_pdu = _waking(DULServiceProvider.send_pdu)  # type: ignore[method-assign]
+    DULServiceProvider.kill_dul = _waking(DULServiceProvider.kill_dul)  # type: ignore[method-assign]
+    DULServiceProvider.stop_dul = _stopping(DULServiceProvider.stop_dul)  # type: ignore[method-assign,assignment]
+    Association._run_reactor = _assoc_run_reactor  # type: ignore[method-assign]
+    Association.kill = _assoc_kill  # type: ignore[method-assign]

@@ -55,7 +55,7 @@ from dicom_gateway.ingest import (
     read_header,
 )
 from dicom_gateway.net import tune_connection
-from dicom_gateway.reactor import install as install_reactor
+from dicom_gateway.pynetdicom_tuning import install as tune_pynetdicom
 from dicom_gateway.spool import Spool
 from dicom_gateway.tls import server_context
 from tamsoat.core.settings import DicomSettings
@@ -204,7 +204,7 @@ class StorageSCP:
             if self._server is not None:
                 raise RuntimeError("StorageSCP already started")
             s = self.settings
-            install_reactor()  # event-driven pynetdicom loops (dicom_gateway.reactor)
+            tune_pynetdicom()  # dicom_gateway.pynetdicom_tuning
             ae = AE(ae_title=s.ae_title)
             ae.maximum_pdu_size = s.max_pdu
             ae.maximum_associations = s.max_associations

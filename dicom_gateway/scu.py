@@ -25,7 +25,7 @@ from pynetdicom import AE, _config, evt
 from pynetdicom.association import Association
 
 from dicom_gateway.net import tune_connection
-from dicom_gateway.reactor import install as install_reactor
+from dicom_gateway.pynetdicom_tuning import install as tune_pynetdicom
 from dicom_gateway.status import Outcome, classify_store_status
 from dicom_gateway.tls import client_context
 from dicom_gateway.uids import validate_uid
@@ -83,7 +83,7 @@ class _File:
 
 
 def _make_ae(calling_ae: str, timeouts: ScuTimeouts) -> AE:
-    install_reactor()  # event-driven pynetdicom loops (dicom_gateway.reactor)
+    tune_pynetdicom()  # dicom_gateway.pynetdicom_tuning
     ae = AE(ae_title=calling_ae)
     ae.connection_timeout = timeouts.connect
     ae.acse_timeout = timeouts.acse

@@ -1,5 +1,5 @@
-"""dicom_gateway.reactor: pynetdicom's loops block until there is work instead of polling, and keep
-their timers, release and abort behaviour."""
+"""dicom_gateway.pynetdicom_tuning and .reactor: pynetdicom's loops block until there is work instead
+of polling, and keep their timers, release and abort behaviour."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from typing import Any
 
 import pynetdicom
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, dimse_messages
 from pynetdicom.association import Association
 from pynetdicom.dul import DULServiceProvider
 
-from dicom_gateway import reactor
+from dicom_gateway import pynetdicom_tuning, reactor
+from dicom_gateway.command_set import encode_command_set
 from dicom_gateway.scp import ScpTimeouts, StorageSCP
 from dicom_gateway.spool import Spool
 from tamsoat.core.settings import DicomSettings
@@ -35,12 +36,14 @@ def _echo_association(port: int, network_timeout: float = 10) -> Association:
 
 def test_installed_for_the_pinned_pynetdicom(running_scp: RunningSCP) -> None:
     """Fails when pynetdicom is upgraded past the versions the loops were copied from: review
-    dicom_gateway/reactor.py against the new pynetdicom, then extend SUPPORTED_VERSIONS."""
-    assert pynetdicom.__version__.startswith(reactor.SUPPORTED_VERSIONS)
-    assert reactor.is_installed()
+    dicom_gateway/reactor.py and command_set.py against the new pynetdicom, then extend
+    SUPPORTED_VERSIONS."""
+    assert pynetdicom.__version__.startswith(pynetdicom_tuning.SUPPORTED_VERSIONS)
+    assert pynetdicom_tuning.is_installed()
     assert DULServiceProvider.run_reactor is reactor._dul_run_reactor
     assert Association._run_reactor is reactor._assoc_run_reactor
     assert Association.kill is reactor._assoc_kill
+    assert dimse_messages.encode is encode_command_set
 
 
 def test_idle_association_does_not_spin(running_scp: RunningSCP, monkeypatch: pytest.MonkeyPatch) -> None:
