@@ -18,12 +18,14 @@ def train(
                                          exists=True, dir_okay=False)],
     out: Annotated[Path, typer.Option(help="Run folder: checkpoints, metrics.jsonl, config.yaml.")],
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    steps: Annotated[int | None, typer.Option(min=1, help="Total steps, overriding the config's (with --resume: "
+                                                            "extend a finished run).")] = None,
 ) -> None:
     """Train a detector on the project's phantoms (reproducible from config + seed; checkpoints and resume)."""
     from training.train import train as run_training
 
     try:
-        best = run_training(config, out, resume=resume)
+        best = run_training(config, out, resume=resume, steps=steps)
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"tamsoat: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -24,7 +24,7 @@ import onnxruntime as ort
 from inference.manifest import MANIFEST_NAME, load_manifest
 from inference.pipeline import detect_in_volume
 from inference.postprocess import detections_from_output
-from inference.registry import LoadedModel, RegisteredModel, create_predictor, verify_files
+from inference.registry import LoadedModel, RegisteredModel, create_runner, verify_files
 from inference.runners import sliding_window_predict
 from inference.volume import Volume
 from tamsoat.core.domain import Detection as ServiceDetection
@@ -149,7 +149,7 @@ def evaluate_model(model_dir: Path, scans: int = 10, *, threads: int = 2, seed_b
     manifest = load_manifest(model_dir / MANIFEST_NAME)
     model = RegisteredModel(manifest, model_dir)
     verify_files(model)
-    loaded = LoadedModel(manifest=manifest, identity=model.identity, predictor=create_predictor(model, threads))
+    loaded = LoadedModel(manifest=manifest, identity=model.identity, predictor=create_runner(model, threads))
     ev = Evaluation()
     for n in range(scans):
         phantom = held_out_phantom(n, seed_base=seed_base)

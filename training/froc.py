@@ -27,8 +27,7 @@ import numpy as np
 
 from inference.manifest import Manifest, load_manifest
 from inference.pipeline import detect_in_volume
-from inference.registry import RegisteredModel, create_predictor
-from inference.runners import Predictor
+from inference.registry import ModelRunner, RegisteredModel, create_runner
 from inference.volume import Volume
 from training.evaluate import HELD_OUT_SEED_BASE, MIN_MATCH_RADIUS_MM
 from training.nodule_mix import draw_nodules
@@ -142,7 +141,7 @@ class _Candidates:
     """A loaded model with its threshold lowered to ``detect_threshold`` (FROC needs the weak candidates too)."""
 
     manifest: Manifest
-    predictor: Predictor
+    predictor: ModelRunner
 
 
 def score_model(model_dir: Path, cases: Sequence[EvalCase], *, detect_threshold: float = DETECT_THRESHOLD,
@@ -152,7 +151,7 @@ def score_model(model_dir: Path, cases: Sequence[EvalCase], *, detect_threshold:
     manifest = load_manifest(Path(model_dir) / "manifest.yaml")
     lowered = manifest.model_copy(update={"output": manifest.output.model_copy(
         update={"threshold": min(detect_threshold, manifest.output.threshold)})})
-    model = _Candidates(lowered, create_predictor(RegisteredModel(manifest, Path(model_dir)), threads, device="cpu"))
+    model = _Candidates(lowered, create_runner(RegisteredModel(manifest, Path(model_dir)), threads, device="cpu"))
     out = []
     for case in cases:
         t0 = time.monotonic()

@@ -132,13 +132,17 @@ def train_step(net: torch.nn.Module, sampler: PatchSampler, loss_fn: Loss, optim
     scheduler.step()
     return parts
 
-def train(config_path: Path, out_dir: Path, resume: bool = False) -> Path:
+def train(config_path: Path, out_dir: Path, resume: bool = False, steps: int | None = None) -> Path:
     """Train as ``config_path`` says, writing into ``out_dir``; return the best checkpoint's path.
 
     With ``resume`` the run continues from ``out_dir/checkpoint_last.pt`` when it exists (model,
-    optimiser, schedule, sampler state and step), otherwise it starts afresh.
+    optimiser, schedule, sampler state and step), otherwise it starts afresh. ``steps`` overrides the
+    config's total, e.g. to extend a finished run: the cosine schedule is then laid over the new total, so
+    the learning rate rises again from where the old schedule had brought it (a warm restart).
     """
     cfg = load_config(config_path)
+    if steps is not None:
+        cfg = cfg.model_copy(update={"steps": int(steps)})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -232,8 +236,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--steps", type=int, default=None, help="total steps, overriding the config's")
     args = parser.parse_args(argv)
-    print(train(args.config, args.out, args.resume))
+    print(train(args.config, args.out, args.resume, args.steps))
 
 
 if __name__ == "__main__":

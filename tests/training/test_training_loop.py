@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +117,13 @@ def test_training_can_start_from_a_model_folder(tiny_run: tuple[Path, Path], tmp
     with torch.inference_mode():
         got = net(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(got - session.run(None, {"image": x})[0])) < 1e-3
+
+
+def test_steps_override_extends_a_finished_run(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    done = torch.load(run / LAST, weights_only=False)["step"]
+    train(TINY, run, resume=True, steps=done + 2)
+    state = torch.load(run / LAST, weights_only=False)
+    assert state["step"] == done + 2 and state["config"]["steps"] == done + 2
