@@ -74,6 +74,9 @@ class TrainConfig(_Frozen):
     # Start from these weights instead of from scratch: a model folder (its ONNX weights; BatchNorm then
     # stays frozen) or a training checkpoint (.pt), relative to the config file's folder.
     init_from: str | None = None
+    # BatchNorm in eval mode while training: None freezes it when starting from a model folder (its ONNX
+    # weights carry no batch statistics); set true to keep it frozen when continuing from such a run's .pt.
+    freeze_batchnorm: bool | None = None
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

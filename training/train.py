@@ -170,7 +170,7 @@ def train(config_path: Path, out_dir: Path, resume: bool = False, steps: int | N
 
     init = resolve_relative(cfg.init_from, config_path)
     net, cfg, parent, how = starting_network(init, cfg)
-    frozen_bn = init is not None and init.is_dir()
+    frozen_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else init is not None and init.is_dir()
     say(f"network: {how}" + (f" ({parent})" if parent else ""))
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))

@@ -1,4 +1,5 @@
-"""The shipped model folder: manifest consistent with the ONNX file, and the ONNX runs."""
+"""The shipped model folders: manifest consistent with the ONNX file, the ONNX runs, and on a fixed phantom
+the ONNX model and the PyTorch network rebuilt from it find the same nodules."""
 
 from __future__ import annotations
 
@@ -6,28 +7,69 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import yaml
 
+from inference.manifest import load_manifest
+from inference.pipeline import detect_in_volume
+from inference.registry import LoadedModel, RegisteredModel, create_predictor
+from inference.runners.torch_predictor import TorchPredictor
 from training.export import sha256_file
+from training.phantom import make_phantom
+from training.warm_start import network_from_onnx
 
-MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "lung-nodule-phantom" / "0.1.0"
+SHIPPED = Path(__file__).resolve().parents[2] / "models" / "lung-nodule-phantom"
+VERSIONS = sorted(p.name for p in SHIPPED.iterdir() if (p / "manifest.yaml").is_file())
 
 
-def test_manifest_sha256_matches_model() -> None:
-    manifest = yaml.safe_load((MODEL_DIR / "manifest.yaml").read_text())
-    assert manifest["id"] == "lung-nodule-phantom" and manifest["version"] == "0.1.0"
+def test_there_is_a_shipped_model() -> None:
+    assert VERSIONS, f"no model folder under {SHIPPED}"
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_manifest_sha256_matches_model(version: str) -> None:
+    folder = SHIPPED / version
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    assert manifest["id"] == "lung-nodule-phantom" and manifest["version"] == version
     assert manifest["runtime"] == "onnx" and manifest["output"]["kind"] == "logits"
-    assert manifest["files"]["model.onnx"] == sha256_file(MODEL_DIR / "model.onnx")
+    assert manifest["files"]["model.onnx"] == sha256_file(folder / "model.onnx")
     assert str(manifest["device_uid"]).startswith("2.25.")
     assert "Not for clinical use" in manifest["intended_use"]
-    assert (MODEL_DIR / "model.onnx").stat().st_size < 5 * 1024 * 1024
-    assert "NOT for clinical use" in (MODEL_DIR / "model_card.md").read_text()
+    assert (folder / "model.onnx").stat().st_size < 5 * 1024 * 1024
+    assert "NOT for clinical use" in (folder / "model_card.md").read_text()
 
 
-def test_shipped_onnx_runs_with_dynamic_size() -> None:
-    manifest = yaml.safe_load((MODEL_DIR / "manifest.yaml").read_text())
+def test_every_version_has_its_own_device_uid() -> None:
+    uids = [yaml.safe_load((SHIPPED / v / "manifest.yaml").read_text())["device_uid"] for v in VERSIONS]
+    assert len(set(uids)) == len(uids)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_shipped_onnx_runs_with_dynamic_size(version: str) -> None:
+    folder = SHIPPED / version
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
     d = int(manifest["input"]["divisible_by"])
-    session = ort.InferenceSession(str(MODEL_DIR / "model.onnx"), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.zeros((1, 1, 2 * d, 3 * d, 4 * d), dtype=np.float32)
     (out,) = session.run(None, {session.get_inputs()[0].name: x})
     assert out.shape == x.shape and np.all(np.isfinite(out))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_onnx_and_pytorch_find_the_same_nodules_on_a_fixed_phantom(version: str) -> None:
+    folder = SHIPPED / version
+    manifest = load_manifest(folder / "manifest.yaml")
+    manifest = manifest.model_copy(update={"input": manifest.input.model_copy(update={"patch_size": (96, 160, 160)})})
+    registered = RegisteredModel(manifest, folder)
+    phantom = make_phantom(4, shape_kji=(80, 224, 224), spacing_ijk=(1.25, 1.25, 1.25), n_nodules=2,
+                           nodule_diameters_mm=[10.0, 16.0], nodule_kinds=["solid", "solid"])
+    onnx_found = detect_in_volume(phantom.volume, LoadedModel(manifest, registered.identity,
+                                                              create_predictor(registered, threads=2, device="cpu")))
+    torch_net = TorchPredictor(network_from_onnx(folder / "model.onnx"), source=version, device="cpu", threads=2)
+    torch_found = detect_in_volume(phantom.volume, LoadedModel(manifest, registered.identity, torch_net))
+    assert len(onnx_found) == len(torch_found) >= 1
+    for a, b in zip(onnx_found, torch_found, strict=True):
+        assert np.allclose(a.center_mm, b.center_mm, atol=0.05) and abs(a.confidence - b.confidence) < 1e-3
+    # The network sees the phantom's 16 mm nodule (this is the shipped model, not a stub).
+    big = max(phantom.nodules, key=lambda n: n.diameter_mm)
+    assert any(np.linalg.norm(np.subtract(d.center_mm, big.center_mm)) <= big.diameter_mm / 2 for d in onnx_found)

@@ -117,6 +117,13 @@ def test_training_can_start_from_a_model_folder(tiny_run: tuple[Path, Path], tmp
     with torch.inference_mode():
         got = net(torch.from_numpy(x)).numpy()
     assert np.max(np.abs(got - session.run(None, {"image": x})[0])) < 1e-3
+    # A second stage from that run's checkpoint keeps BatchNorm frozen when the config says so.
+    data.update(init_from=str(child), freeze_batchnorm=True)
+    child_cfg.write_text(yaml.safe_dump(data))
+    grandchild, _, _ = load_trained(train(child_cfg, tmp_path / "grandchild"))
+    with torch.inference_mode():
+        again = grandchild(torch.from_numpy(x)).numpy()
+    assert np.max(np.abs(again - got)) < 1e-5
 
 
 def test_steps_override_extends_a_finished_run(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
