@@ -58,25 +58,38 @@ class _Waker:
         self._recv, self._send = socket.socketpair()
         self._recv.setblocking(False)
         self._send.setblocking(False)
+        self._waiting = False
         self.assoc_event = threading.Event()
 
     def wake(self) -> None:
-        # OSError: full (a wake-up is pending anyway) or closed (the DUL has stopped).
-        with contextlib.suppress(OSError):
-            self._send.send(b"\x00")
+        """Call after making work visible (a queued primitive, a kill flag). Sends a byte only
+        while the DUL is waiting: a busy DUL finds the work itself (see :meth:`wait`)."""
+        if self._waiting:
+            # OSError: full (a wake-up is pending anyway) or closed (the DUL has stopped).
+            with contextlib.suppress(OSError):
+                self._send.send(b"\x00")
 
-    def wait(self, raw: socket.socket | None) -> None:
-        """Block until ``raw`` is readable, :meth:`wake` is called, or :data:`IDLE_WAIT_S` passes."""
-        if isinstance(raw, ssl.SSLSocket) and raw.pending():
-            return  # decrypted data already buffered, which select() cannot see
-        watched: list[Any] = [self._recv]
-        if raw is not None and raw.fileno() >= 0:
-            watched.append(raw)
+    def wait(self, dul: DULServiceProvider) -> None:
+        """Block until the DUL's socket is readable, :meth:`wake` is called, or
+        :data:`IDLE_WAIT_S` passes. Announces the wait *before* its last look for work, so a
+        producer either sees the announcement (and wakes us) or put its work before that look."""
+        self._waiting = True
         try:
-            ready, _, _ = select.select(watched, [], [], IDLE_WAIT_S)
-        except (OSError, ValueError):  # the socket was closed under us: the loop will notice
-            time.sleep(0.001)
-            return
+            if dul.to_provider_queue.queue or dul._kill_thread:
+                return
+            raw = _raw_socket(dul)
+            if isinstance(raw, ssl.SSLSocket) and raw.pending():
+                return  # decrypted data already buffered, which select() cannot see
+            watched: list[Any] = [self._recv]
+            if raw is not None and raw.fileno() >= 0:
+                watched.append(raw)
+            try:
+                ready, _, _ = select.select(watched, [], [], IDLE_WAIT_S)
+            except (OSError, ValueError):  # the socket was closed under us: the loop will notice
+                time.sleep(0.001)
+                return
+        finally:
+            self._waiting = False
         if self._recv in ready:
             with contextlib.suppress(OSError):  # drained (BlockingIOError) or closed
                 while self._recv.recv(4096):
@@ -119,7 +132,7 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
                 self.assoc._dul_ready.set()
                 wait = True
             if wait:
-                waker.wait(_raw_socket(self))
+                waker.wait(self)
             if self._kill_thread:
                 break
             if self.artim_timer.expired:

@@ -52,10 +52,10 @@ def test_idle_association_does_not_spin(running_scp: RunningSCP, monkeypatch: py
     waits = 0
     original = reactor._Waker.wait
 
-    def counting(self: reactor._Waker, raw: Any) -> None:
+    def counting(self: reactor._Waker, dul: Any) -> None:
         nonlocal waits
         waits += 1
-        original(self, raw)
+        original(self, dul)
 
     assoc = _echo_association(running_scp.port)
     try:
