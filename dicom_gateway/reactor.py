@@ -170,14 +170,20 @@ def _dul_run_reactor(self: DULServiceProvider) -> None:
 def _assoc_run_reactor(self: Association) -> None:
     """``Association._run_reactor`` of pynetdicom 3.0 with its 1 ms sleep replaced by a paused wait
     on the DUL's event. After un-pausing it re-checks the checkpoint, so a ``send_*`` call that
-    saw it paused can never have its response taken by this loop."""
+    saw it paused can never have its response taken by this loop.
+
+    pynetdicom serves an N-EVENT-REPORT in a thread of its own, which sets ``_is_paused = False``
+    when it is done, whatever this loop is doing; so the flag is set again before and while this
+    loop waits at the checkpoint (else a ``release()`` waiting for the pause would wait forever)."""
     event = _waker(self.dul).assoc_event
     self._is_paused = False
     while not self._kill:
         self._is_paused = True
         event.wait(IDLE_WAIT_S)
         event.clear()
-        self._reactor_checkpoint.wait()
+        self._is_paused = True
+        while not self._reactor_checkpoint.wait(IDLE_WAIT_S):
+            self._is_paused = True
         self._is_paused = False
         if not self._reactor_checkpoint.is_set():
             continue  # a send_* call paused us meanwhile: let it have the messages

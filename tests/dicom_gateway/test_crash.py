@@ -8,7 +8,6 @@ import hashlib
 import random
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -66,6 +65,20 @@ def storescu(port: int, files: list[Path]) -> subprocess.Popen[str]:
     )
 
 
+def _read_until_responses(sender: subprocess.Popen[str], responses: int) -> str:
+    """storescu's output up to its ``responses``-th store response (or its end), read as it comes."""
+    assert sender.stdout is not None
+    lines: list[str] = []
+    count = 0
+    for line in sender.stdout:
+        lines.append(line)
+        if _RESPONSE.match(line.strip()):
+            count += 1
+            if count >= responses:
+                break
+    return "".join(lines)
+
+
 def test_kill_9_during_storescu_loses_nothing_that_was_acknowledged(tmp_path: Path) -> None:
     files = make_instances(tmp_path / "src", N_INSTANCES)
     home = tmp_path / "home"
@@ -81,11 +94,12 @@ def test_kill_9_during_storescu_loses_nothing_that_was_acknowledged(tmp_path: Pa
         for _ in range(KILLS):
             pending = [f for f in files if f not in acknowledged]
             sender = storescu(dicom_port, pending)
-            time.sleep(rng.uniform(0.8, 2.0))
+            # Kill after a random number of responses (not after a time: the gateway's speed varies).
+            seen = _read_until_responses(sender, rng.randint(20, 150))
             svc.kill()  # SIGKILL while storescu is sending
             kills_done += 1
             out, _ = sender.communicate(timeout=60)
-            acknowledged |= stored_by_storescu(out)
+            acknowledged |= stored_by_storescu(seen + out)
             svc = launch_service(home, dicom_port=dicom_port, web_port=web_port, log=log)
         assert 0 < len(acknowledged) < N_INSTANCES, "the kills should land in the middle of the send"
 

@@ -403,7 +403,7 @@ def test_max_associations_limits_concurrent_peers(tmp_path: Path) -> None:
         assert first.is_established
         try:
             second = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
-            assert second.is_rejected
+            assert second.is_rejected, f"established={second.is_established} aborted={second.is_aborted}"
             rsp = second.acceptor.primitive
             assert rsp is not None and rsp.result == 0x02  # rejected-transient: try again later
         finally:

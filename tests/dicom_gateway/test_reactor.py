@@ -4,6 +4,7 @@ of polling, and keep their timers, release and abort behaviour."""
 from __future__ import annotations
 
 import statistics
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,21 @@ def test_release_and_stop_are_prompt(tmp_path: Path) -> None:
     while busy.is_established and time.monotonic() < deadline:
         time.sleep(0.01)
     assert busy.is_aborted
+
+
+def test_release_when_another_thread_unpaused_the_reactor(running_scp: RunningSCP) -> None:
+    """pynetdicom serves an N-EVENT-REPORT in a thread of its own that sets ``_is_paused = False``
+    when done, even while the association's loop is parked at its checkpoint: release() (which
+    waits for the pause) must still go through."""
+    assoc = _echo_association(running_scp.port)
+    assoc._reactor_checkpoint.clear()  # park the loop, as a send_* call or release() does
+    time.sleep(0.1)
+    assoc._is_paused = False  # what the N-EVENT-REPORT thread does at its end
+    releasing = threading.Thread(target=assoc.release, daemon=True)
+    releasing.start()
+    releasing.join(2)
+    assert not releasing.is_alive(), "release() waited forever for the pause"
+    assert assoc.is_released
 
 
 def test_network_timeout_still_aborts_an_idle_association(tmp_path: Path) -> None:
