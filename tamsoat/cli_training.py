@@ -37,14 +37,14 @@ def evaluate(
                                                           "model); several are compared on the same phantoms.")] = None,
     phantoms: Annotated[int, typer.Option(min=1, help="Held-out phantoms (seeds never used in training).")] = 100,
     tiny: Annotated[bool, typer.Option(help="Small phantoms, for a quick check of the pipeline.")] = False,
-    out: Annotated[Path, typer.Option(help="Folder for evaluation.json and froc.png.")] = Path("evaluation"),
+    out: Annotated[Path, typer.Option(help="Folder for evaluation.json, .md and froc.png.")] = Path("evaluation"),
     threads: Annotated[int, typer.Option(min=1)] = 2,
 ) -> None:
     """FROC and CPM (LUNA16 definitions) on held-out phantoms: JSON report and FROC plot."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from training.froc import comparison_markdown, evaluate_models, phantom_cases, plot_froc
+    from training.froc import comparison_markdown, evaluate_models, model_card_markdown, phantom_cases, plot_froc
 
     folders = model or [SHIPPED]
     for folder in folders:
@@ -57,6 +57,8 @@ def evaluate(
                              threads=threads, log=lambda line: typer.echo(line, err=True))
     out.mkdir(parents=True, exist_ok=True)
     (out / "evaluation.json").write_text(json.dumps(result, indent=2))
+    (out / "evaluation.md").write_text("".join(f"## {name}: {description}\n\n{model_card_markdown(result, name)}\n\n"
+                                               for name in result["models"]))
     plot_froc(result).savefig(out / "froc.png", dpi=120, bbox_inches="tight")
     typer.echo(comparison_markdown(result))
     typer.echo(f"\nwritten: {out / 'evaluation.json'}, {out / 'froc.png'}")

@@ -35,6 +35,8 @@ from training.phantom import Phantom, make_phantom
 from training.snapshot import SIZE_BANDS_MM, Snapshot, size_band
 
 FP_RATES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+# The screening bands the targets are set in (besides the review's SIZE_BANDS_MM): < 6, 6-10, >= 10 mm.
+DIAMETER_BANDS_MM = ((0.0, 6.0, "<6 mm"), (6.0, 10.0, "6-10 mm"), (10.0, math.inf, ">=10 mm"))
 DETECT_THRESHOLD = 0.1
 
 
@@ -220,6 +222,9 @@ def froc(scores: Sequence[CaseScores], operating_threshold: float) -> dict[str, 
         "curve": {"fp_per_scan": [round(v, 4) for v in fp_curve], "sensitivity": [round(v, 4) for v in sens_curve]},
         "by_size_band": {b: summary([(t, s) for t, s in nodules if size_band(t.diameter_mm) == b]) for b in bands
                          if any(size_band(t.diameter_mm) == b for t, _ in nodules)},
+        "by_diameter": {name: summary(band) for lo, hi, name in DIAMETER_BANDS_MM
+                        if (band := [(t, s) for t, s in nodules if lo <= t.diameter_mm < hi])},
+        "at_least_6mm": summary([(t, s) for t, s in nodules if t.diameter_mm >= 6.0]),
         "by_type": {k: summary([(t, s) for t, s in nodules if t.kind == k])
                     for k in sorted({t.kind for t, _ in nodules})},
         "hard_negatives": negatives,
@@ -249,7 +254,8 @@ def comparison_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     keys = ["cpm", *(f"sens@{r:g}" for r in FP_RATES), "op_sensitivity", "op_fp_per_scan",
             "hard_negatives_redetected"]
     rows = [{"metric": k, **{n: models[n].get(k) for n in names}} for k in keys]
-    for group in ("by_size_band", "by_type"):
+    rows.append({"metric": "sens@1 [>=6 mm]", **{n: models[n]["at_least_6mm"].get("sens@1") for n in names}})
+    for group in ("by_diameter", "by_size_band", "by_type"):
         for sub in sorted({s for n in names for s in models[n][group]}):
             for k in ("cpm", "op_sensitivity"):
                 rows.append({"metric": f"{k} [{sub}]",
@@ -278,13 +284,37 @@ def plot_froc(evaluation: Mapping[str, Any], ax: Any = None) -> Any:
     return ax.figure
 
 
+def model_card_markdown(evaluation: Mapping[str, Any], name: str) -> str:
+    """The FROC section of a model card for model ``name`` of ``evaluation`` (``evaluate_models``'s result)."""
+    m = evaluation["models"][name]
+
+    def band_row(group: str, metric: str) -> str:
+        parts = m[group]
+        return " / ".join(f"{_fmt(v[metric])} ({k}, {v['nodules']})" for k, v in parts.items())
+
+    rows = [
+        ("CPM (mean sensitivity at 1/8 ... 8 FP/scan)", f"**{_fmt(m['cpm'])}**"),
+        *((f"sensitivity at {r:g} FP/scan", _fmt(m[f"sens@{r:g}"])) for r in FP_RATES),
+        (f"sensitivity at 1 FP/scan, >= 6 mm ({m['at_least_6mm']['nodules']} nodules)",
+         f"**{_fmt(m['at_least_6mm']['sens@1'])}**"),
+        ("sensitivity at 1 FP/scan by diameter", band_row("by_diameter", "sens@1")),
+        ("sensitivity at 1 FP/scan by type", band_row("by_type", "sens@1")),
+        (f"operating point (probability >= {m['op_threshold']}): sensitivity, FP/scan",
+         f"{_fmt(m['op_sensitivity'])}, {_fmt(m['op_fp_per_scan'])}"),
+        ("seconds per scan (pre-processing + inference + post-processing)", _fmt(m["seconds_per_scan"])),
+    ]
+    return "\n".join(["| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
 def comparison_markdown(evaluation: Mapping[str, Any]) -> str:
     """``comparison_rows`` as a markdown table (for notebooks and reports)."""
     rows = comparison_rows(evaluation)
     names = list(evaluation["models"])
-
-    def fmt(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
+    fmt = _fmt
 
     head = "| metric | " + " | ".join(f"{n} ({evaluation['models'][n]['model']})" for n in names) + " |"
     lines = [head, "| --- |" + " --- |" * len(names)]

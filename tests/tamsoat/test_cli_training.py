@@ -35,7 +35,10 @@ def test_train_export_and_evaluate_tiny(tmp_path: Path) -> None:
     for m in report["models"].values():
         assert m["scans"] == 2 and m["nodules"] == report["nodules"] > 0
         assert set(m["by_size_band"]) and "sens@1" in m
+        assert sum(b["nodules"] for b in m["by_diameter"].values()) == m["nodules"]
     assert (out / "froc.png").read_bytes()[:4] == b"\x89PNG"
+    card = (out / "evaluation.md").read_text()
+    assert "## tiny/0.0.1" in card and "CPM" in card and ">= 6 mm" in card
     assert "| metric |" in evaluated.output
 
 
