@@ -20,22 +20,40 @@ The series is generated once (training.phantom, 300 x 512 x 512 CT slices) into 
 "durable store X of Y ms" is the time inside the ingest path (header check, spool write with its
 fsyncs, database row and commit) against the wall time per instance and association.
 
-Measured 2026-11-22 on the development machine (2 vCPUs shared with a model training and other
-work, ext4 on a virtual disk; figures move by +-30 % from run to run with that load), median of 3:
+Measured 2026-12-01 on the development machine (2 vCPUs shared with a model training run and other
+work, load average ~4; ext4 on a virtual disk), ``--rounds 1``, the code before the speed work
+(502fe9a) and after it run alternately twice under the same load (before -> after, both runs):
 
-    DCMTK storescp, 1 assoc (no fsync)        427 inst/s  225 MB/s
-    tamsoat SCP, 1 assoc, fsync on            111 inst/s   58 MB/s  ratio 0.26  (store 5.3 of 9.0 ms)
-    DCMTK storescp, 4 assoc (no fsync)        380 inst/s  200 MB/s
-    tamsoat SCP, 4 assoc, fsync on             79 inst/s   42 MB/s  ratio 0.21
-    tamsoat SCP, 4 assoc, fsync off           110 inst/s   58 MB/s  ratio 0.29
-    sending: DCMTK storescu 483 inst/s, tamsoat send_files 162 inst/s, ratio 0.34
+    DCMTK storescp, 1 assoc (no fsync)       760-864 inst/s
+    tamsoat SCP, 1 assoc, fsync on           64, 59 -> 109, 64 inst/s  ratio 0.08 -> 0.08-0.13
+        outside the durable store:           4.1, 4.2 -> 2.1, 2.4 ms per instance
+    tamsoat SCP, 1 assoc, fsync off          122, 117 -> 162, 135 inst/s
+    DCMTK storescp, 4 assoc (no fsync)       677-955 inst/s
+    tamsoat SCP, 4 assoc, fsync on           173, 163 -> 225, 212 inst/s  ratio 0.18-0.24 -> 0.23-0.24
+    tamsoat SCP, 4 assoc, fsync off          195, 187 -> 245, 261 inst/s
+    sending: send_files                      274, 257 -> 441, 520 inst/s  ratio 0.34-0.36 -> 0.38-0.44
+                                             (DCMTK storescu 719-1182 inst/s)
 
-Before the issue-3 work the same run gave 39 inst/s (1 assoc, fsync on; ratio 0.09), the 4-association
-run failed (two associations raced to create the study row: 0xC001), and sending gave 89 inst/s.
-Where the time goes (py-spy --gil, 4 associations): the process holds the GIL ~100 % of the time:
-pynetdicom's PDU/DIMSE handling ~35 %, the database row ~30 % before the Core fast path (now a
-quarter of that), spool and header ~15 %. With one association the floor is the three fsyncs per
-instance (data file, its directory, SQLite WAL) that DCMTK's storescp never does.
+On the quiet machine just before (load ~0.3), the old code gave 167 inst/s (1 assoc, fsync on; 3.1 of
+6.0 ms in the durable store), 197 inst/s (4 assoc) and 304 inst/s sending, against DCMTK's 1287, 979
+and 1146. What changed: pynetdicom's polling loops (1 ms sleeps, several per instance) are
+event-driven, command sets are encoded without pydicom, accepted associations no longer deep-copy
+~2,000 UIDs each (~20 ms of CPU per association), and this benchmark no longer deletes one
+receiver's 300 files just before the next one writes (ext4 then skips the freed inodes on every
+create, which cost ~10 % of the CPU of the run after it). See ``dicom_gateway.pynetdicom_tuning``.
+Earlier figures (2026-11-22: 111 inst/s with 1 assoc and fsync on; 39 before issue 3) are in git history.
+
+Where the time goes now (py-spy --idle, the association's thread, 1 assoc, fsync on, 13 ms per
+instance under that load): database row and its commit, i.e. the SQLite WAL fsync, 21 %; waiting for
+the next request (storescu, and our DUL thread reading ~525 KB as 3 PDUs) 19 %; fsync of the
+directory 14 %; fsync of the data file 9 %; write() of the 525 KB 8 % (blocked by the other
+processes' dirty pages); creating the temp file 4 %; sha256 2.5 %; header 2 %; pynetdicom's
+response 6 %; the rest ~13 %. So with one association ~60 % is the three fsyncs and the file system
+calls that wait for the journal; with four, the fsyncs are shared and the process is CPU-bound (about
+4 ms of CPU per instance, of which ~30 % in the kernel: socket and file copies, ext4, futex wake-ups;
+the rest pydicom/pynetdicom/SQLAlchemy Python). DCMTK's storescp fsyncs nothing, so ratio 1.0 with
+fsync on is out of reach on this disk: raw, write + fsync + rename + fsync directory of a 525 KB
+file costs 0.8 ms when the disk is quiet and 6.5 ms under the training run's writes, before SQLite's.
 """
 
 from __future__ import annotations

@@ -354,7 +354,7 @@ class StorageSCP:
         return 0x0000, None
 
     # -- C-STORE ----------------------------------------------------------------------------------
-    def _on_c_store(self, event: evt.Event) -> Dataset:
+    def _on_c_store(self, event: evt.Event) -> Dataset | int:
         assoc: Association = event.assoc
         request = cast("C_STORE", event.request)
         context = event.context
@@ -379,4 +379,4 @@ class StorageSCP:
             )
         except IngestRefused as exc:
             return _status(exc.status, exc.comment)
-        return _status(st.SUCCESS)
+        return st.SUCCESS  # a bare status: no Dataset to build and copy on every instance
