@@ -11,7 +11,7 @@ findings match fp32 (same count, centres within one voxel, diameters within 10 %
 
 The PyTorch runtimes are built from the weights inside the shipped ``model.onnx`` (the network is
 rebuilt and checked against ONNX Runtime), or from a training checkpoint when ``--checkpoint`` is
-given; the ONNX runtime uses ``models/lung-nodule-phantom/0.1.0`` as shipped.
+given; the ONNX runtime uses ``models/lung-nodule-phantom/0.2.0`` as shipped.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHIPPED = ROOT / "models" / "lung-nodule-phantom" / "0.1.0"
+SHIPPED = ROOT / "models" / "lung-nodule-phantom" / "0.2.0"
 STAGES = ("read", "volume", "resample", "inference", "postprocess", "total")
 
 

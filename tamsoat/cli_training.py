@@ -10,7 +10,7 @@ import typer
 
 from tamsoat.core.settings import REPO_ROOT
 
-SHIPPED = REPO_ROOT / "models" / "lung-nodule-phantom" / "0.1.0"
+SHIPPED = REPO_ROOT / "models" / "lung-nodule-phantom" / "0.2.0"
 
 
 def train(

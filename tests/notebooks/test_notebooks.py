@@ -72,9 +72,9 @@ def test_notebooks_run_headless_in_tiny_mode(tmp_path: Path, monkeypatch: pytest
         timings[name] = round(time.monotonic() - started, 1)
     print("notebook wall times (s):", timings)
     site_models = tmp_path / "work" / "site" / "models" / "lung-nodule-phantom"
-    assert sorted(p.name for p in site_models.iterdir()) == ["0.1.0", "0.2.0"]
-    manifest = yaml.safe_load((site_models / "0.2.0" / "manifest.yaml").read_text())
+    assert sorted(p.name for p in site_models.iterdir()) == ["0.1.0", "0.2.0", "0.3.0"]  # shipped + registered
+    manifest = yaml.safe_load((site_models / "0.3.0" / "manifest.yaml").read_text())
     assert {"model.onnx", "model_card.md", "evaluation.json", "lineage.json"} == set(manifest["files"])
     repo_models = NOTEBOOKS.parent / "models" / "lung-nodule-phantom"
-    assert not (repo_models / "0.2.0").exists()  # tiny mode never registers into the repository
+    assert not (repo_models / "0.3.0").exists()  # tiny mode never registers into the repository
     assert sum(timings.values()) < 600

@@ -29,7 +29,7 @@ def test_show_prints_the_manifest(config: Path) -> None:
     result = runner.invoke(app, ["models", "show", "lung-nodule-phantom", "--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert shown["id"] == "lung-nodule-phantom" and shown["version"] == "0.1.0"
+    assert shown["id"] == "lung-nodule-phantom" and shown["version"] == "0.2.0"  # the newest
     assert shown["weights_sha256"] == shown["files"][shown["model_file"]]
     assert shown["runtime"] in ("onnx", "torchscript", "monai-bundle")
 
@@ -42,7 +42,8 @@ def test_show_unknown_model_is_one_sentence(config: Path) -> None:
 def test_verify_passes_then_names_the_changed_file(config: Path, tmp_path: Path) -> None:
     ok = runner.invoke(app, ["models", "verify", "--config", str(config)])
     assert ok.exit_code == 0, ok.output
-    assert "lung-nodule-phantom 0.1.0" in ok.output and "match the manifest" in ok.output
+    assert "lung-nodule-phantom 0.1.0" in ok.output and "lung-nodule-phantom 0.2.0" in ok.output
+    assert "match the manifest" in ok.output
     folder = tmp_path / "models" / "lung-nodule-phantom" / "0.1.0"
     onnx = folder / "model.onnx"
     onnx.write_bytes(onnx.read_bytes() + b"\0")
@@ -50,5 +51,5 @@ def test_verify_passes_then_names_the_changed_file(config: Path, tmp_path: Path)
     assert bad.exit_code == 1
     assert "model.onnx has sha256" in bad.output and "but the manifest says" in bad.output
     onnx.unlink()
-    gone = runner.invoke(app, ["models", "verify", "lung-nodule-phantom", "--config", str(config)])
+    gone = runner.invoke(app, ["models", "verify", "lung-nodule-phantom", "0.1.0", "--config", str(config)])
     assert gone.exit_code == 1 and "missing" in gone.output

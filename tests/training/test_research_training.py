@@ -19,7 +19,7 @@ from training.register import RegistrationError, register_model
 from training.warm_start import network_from_onnx, onnx_parity
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED = REPO / "models" / "lung-nodule-phantom" / "0.1.0"
+SHIPPED = REPO / "models" / "lung-nodule-phantom" / "0.2.0"
 
 
 def test_a_random_network_survives_onnx_export_and_import(tmp_path: Path) -> None:
