@@ -39,11 +39,14 @@ def evaluate(
     tiny: Annotated[bool, typer.Option(help="Small phantoms, for a quick check of the pipeline.")] = False,
     out: Annotated[Path, typer.Option(help="Folder for evaluation.json, .md and froc.png.")] = Path("evaluation"),
     threads: Annotated[int, typer.Option(min=1)] = 2,
+    seed_base: Annotated[int, typer.Option(help="First phantom seed: 900000 the held-out set, 800000 the tuning "
+                                                "set (for choosing between candidates).")] = 900_000,
 ) -> None:
     """FROC and CPM (LUNA16 definitions) on held-out phantoms: JSON report and FROC plot."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from training.evaluate import HELD_OUT_SEED_BASE
     from training.froc import comparison_markdown, evaluate_models, model_card_markdown, phantom_cases, plot_froc
 
     folders = model or [SHIPPED]
@@ -51,8 +54,9 @@ def evaluate(
         if not (folder / "manifest.yaml").is_file():
             typer.echo(f"tamsoat: {folder} has no manifest.yaml", err=True)
             raise typer.Exit(2)
-    cases = phantom_cases(phantoms, tiny=tiny)
-    description = f"{phantoms} held-out {'tiny ' if tiny else ''}phantoms"
+    cases = phantom_cases(phantoms, tiny=tiny, seed_base=seed_base)
+    description = f"{phantoms} held-out {'tiny ' if tiny else ''}phantoms" + (
+        f" (seeds {seed_base}..)" if seed_base != HELD_OUT_SEED_BASE else "")
     result = evaluate_models({f.parent.name + "/" + f.name: f for f in folders}, cases, description=description,
                              threads=threads, log=lambda line: typer.echo(line, err=True))
     out.mkdir(parents=True, exist_ok=True)

@@ -254,12 +254,15 @@ def comparison_rows(evaluation: Mapping[str, Any]) -> list[dict[str, Any]]:
     keys = ["cpm", *(f"sens@{r:g}" for r in FP_RATES), "op_sensitivity", "op_fp_per_scan",
             "hard_negatives_redetected"]
     rows = [{"metric": k, **{n: models[n].get(k) for n in names}} for k in keys]
-    rows.append({"metric": "sens@1 [>=6 mm]", **{n: models[n]["at_least_6mm"].get("sens@1") for n in names}})
+    rows.append({"metric": "sens@1 [>=6 mm]", **{n: models[n].get("at_least_6mm", {}).get("sens@1") for n in names}})
+    seen: set[str] = set()  # "<6 mm" is a band of both size groups: one row
     for group in ("by_diameter", "by_size_band", "by_type"):
-        for sub in sorted({s for n in names for s in models[n][group]}):
+        subs = sorted({s for n in names for s in models[n].get(group, {})} - seen)
+        seen |= set(subs)
+        for sub in subs:
             for k in ("cpm", "op_sensitivity"):
                 rows.append({"metric": f"{k} [{sub}]",
-                             **{n: models[n][group].get(sub, {}).get(k) for n in names}})
+                             **{n: models[n].get(group, {}).get(sub, {}).get(k) for n in names}})
     return rows
 
 
