@@ -36,7 +36,10 @@ work, load average ~4; ext4 on a virtual disk), ``--rounds 1``, the code before 
 
 On the quiet machine just before (load ~0.3), the old code gave 167 inst/s (1 assoc, fsync on; 3.1 of
 6.0 ms in the durable store), 197 inst/s (4 assoc) and 304 inst/s sending, against DCMTK's 1287, 979
-and 1146. What changed: pynetdicom's polling loops (1 ms sleeps, several per instance) are
+and 1146; the new code, quiet again afterwards (load ~0.5): 190 inst/s (1 assoc, fsync on, ratio
+0.25 against DCMTK's 748; 2.9 of 5.3 ms in the durable store), 240 fsync off, 226 inst/s with 4
+associations (0.18 against 1239) and 418 inst/s sending (0.33 against 1283). What changed:
+pynetdicom's polling loops (1 ms sleeps, several per instance) are
 event-driven, command sets are encoded without pydicom, accepted associations no longer deep-copy
 ~2,000 UIDs each (~20 ms of CPU per association), and this benchmark no longer deletes one
 receiver's 300 files just before the next one writes (ext4 then skips the freed inodes on every
