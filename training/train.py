@@ -169,6 +169,8 @@ def train(config_path: Path, out_dir: Path, resume: bool = False, steps: int | N
     val_images, val_labels = torch.from_numpy(vx), torch.from_numpy(vy)
 
     init = resolve_relative(cfg.init_from, config_path)
+    if init is not None and not init.exists():
+        raise FileNotFoundError(f"init_from {init} does not exist (a model folder or a training checkpoint)")
     net, cfg, parent, how = starting_network(init, cfg)
     frozen_bn = cfg.freeze_batchnorm if cfg.freeze_batchnorm is not None else init is not None and init.is_dir()
     say(f"network: {how}" + (f" ({parent})" if parent else ""))

@@ -51,3 +51,10 @@ def test_train_and_evaluate_refuse_bad_input(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "tamsoat:" in result.output
     no_model = runner.invoke(app, ["evaluate", "--model", str(tmp_path), "--phantoms", "1", "--tiny"])
     assert no_model.exit_code == 2 and "no manifest.yaml" in no_model.output
+
+
+def test_train_names_a_missing_starting_model(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text((REPO_ROOT / "training/configs/tiny.yaml").read_text() + "init_from: nowhere/0.9.0\n")
+    result = runner.invoke(app, ["train", "--config", str(config), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2 and "init_from" in result.output and "does not exist" in result.output

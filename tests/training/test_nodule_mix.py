@@ -12,7 +12,7 @@ import pytest
 from training.config import DataConfig, PhantomConfig
 from training.dataset import training_phantom
 from training.froc import phantom_cases
-from training.nodule_mix import derive, draw_nodules, load_table
+from training.nodule_mix import derive, draw_nodules, load_table, main
 
 
 def test_the_shipped_table_is_lidc_sized() -> None:
@@ -77,3 +77,10 @@ def test_held_out_and_training_phantoms_use_the_mix() -> None:
                                            nodule_diameter_mm=(4.0, 12.0), size_mix="lidc"))
     phantom = training_phantom(7, cfg)
     assert all(4.0 <= n.diameter_mm <= 12.0 for n in phantom.nodules)
+
+
+def test_cli_refuses_a_missing_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--sqlite", str(tmp_path / "nope.sqlite"), "--out", str(tmp_path / "t.json")])
+    assert exc.value.code == 2 and "is not a file" in capsys.readouterr().err
+    assert not (tmp_path / "t.json").exists()
