@@ -33,7 +33,9 @@ ALICE = dict(patient_name="Nguyễn^Văn Canarybird", patient_id="CANARY-ID-4711
              accession="ACC-CANARY-99", referring="Dr^Canaryref", operators="Op^Canaryop",
              other_ids="CANARY-OTHER-77", address="12 Canary Street Hanoi", private_text="CANARY PRIVATE PAYLOAD")
 BOB = {**ALICE, "patient_name": "TRAN^CANARYBETA", "patient_id": "CANARY-ID-0815", "birth_date": "19610203"}
-DATES = {"alice-1": "20190611", "alice-2": "20200115", "bob": "20200302"}
+# More than the largest date shift (395 days) apart, so that no shifted date can land on another canary date
+# by chance (with 2019-06-11 / 2020-01-15 / 2020-03-02 it did, about once in 60 runs).
+DATES = {"alice-1": "20170611", "alice-2": "20200115", "bob": "20210802"}
 CANARIES = [
     "Nguyễn", "Văn Canarybird", "Canarybird", "Nguyen", "CANARYBETA", "TRAN^CANARYBETA",
     "CANARY-ID-4711", "CANARY-ID-0815", "CANARY-OTHER-77", "ACC-CANARY-99",
