@@ -1,17 +1,19 @@
 """Inference on a 300-slice 512x512 phantom CT, per stage, per runtime, each runtime in its own process.
 
 Runtimes side by side in the same run, from the same trained weights: PyTorch eager fp32 (the
-MONAI-bundle runner), PyTorch eager bf16 autocast (same runner, ``precision.cpu: bf16``), ONNX
-Runtime fp32 (the shipped ``model.onnx``). Each runs ``inference.pipeline.analyze_series`` from the
-DICOM files in a fresh subprocess, so its peak RSS is its own. Prints seconds per stage, total,
-peak RSS, the ratio of total and inference time to PyTorch eager fp32, and whether each runtime's
-findings match fp32 (same count, centres within one voxel, diameters within 10 %).
+MONAI-bundle runner), PyTorch eager bf16 autocast (same runner, ``precision.cpu: bf16``), TorchScript
+bf16, ONNX Runtime fp32. Each runs ``inference.pipeline.analyze_series`` from the DICOM files in a
+fresh subprocess, so its peak RSS is its own; ``--rounds`` runs every runtime that many times, in
+turn, and reports the median total. Prints seconds per stage, total, peak RSS, the ratio of total and
+inference time to PyTorch eager fp32, whether each runtime's findings match fp32 (same count, centres
+within one voxel, diameters within 10 %), and whether the shipped manifest's configuration is the
+fastest one that matches.
 
-    .venv/bin/python benchmarks/inference.py [--threads 2] [--patch 160] [--repeat 1] [--checkpoint CKPT]
+    .venv/bin/python benchmarks/inference.py [--threads 2] [--patch 160] [--rounds 3] [--checkpoint CKPT]
 
-The PyTorch runtimes are built from the weights inside the shipped ``model.onnx`` (the network is
-rebuilt and checked against ONNX Runtime), or from a training checkpoint when ``--checkpoint`` is
-given; the ONNX runtime uses ``models/lung-nodule-phantom/0.2.0`` as shipped.
+All runtimes are built from the weights inside the shipped model's ``model.onnx`` (the network is
+rebuilt and checked against ONNX Runtime; the newest version under ``models/lung-nodule-phantom``,
+or ``--model``), or from a training checkpoint when ``--checkpoint`` is given.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-SHIPPED = ROOT / "models" / "lung-nodule-phantom" / "0.2.0"
+MODELS = ROOT / "models" / "lung-nodule-phantom"
 STAGES = ("read", "volume", "resample", "inference", "postprocess", "total")
 
 
@@ -74,6 +76,13 @@ def matches(ref: list[list[float]], got: list[list[float]], voxel_mm: float) -> 
     return True
 
 
+def shipped_configuration(manifest: dict[str, Any]) -> str:
+    """The benchmark row a manifest's runtime and CPU precision correspond to."""
+    precision = manifest.get("precision", {}).get("cpu", "fp32")
+    name = {"onnx": "onnxruntime", "monai-bundle": "pytorch-eager", "torchscript": "torchscript"}[manifest["runtime"]]
+    return f"{name}-{precision}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", type=Path, default=None,
@@ -81,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--patch", type=int, default=0, help="cubic patch size (0: the manifest's)")
     parser.add_argument("--repeat", type=int, default=1, help="analyses per process (the last is reported)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of every runtime, in turn (median reported)")
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the newest shipped)")
     parser.add_argument("--seed", type=int, default=900_000)
     parser.add_argument("--child", nargs=2, type=Path, metavar=("MODEL_DIR", "SERIES_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -88,14 +99,19 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(child(args.child[0], args.child[1], args.threads, args.patch or None, args.repeat)))
         return
 
+    import statistics
+
     import yaml
 
+    from inference.manifest import version_key
     from training.export import export_model_folder, load_trained
     from training.phantom import make_phantom
     from training.series import write_ct_series
     from training.warm_start import network_from_onnx
 
-    shipped = yaml.safe_load((SHIPPED / "manifest.yaml").read_text())
+    shipped_dir = args.model or max((p for p in MODELS.iterdir() if (p / "manifest.yaml").is_file()),
+                                    key=lambda p: version_key(p.name))
+    shipped = yaml.safe_load((shipped_dir / "manifest.yaml").read_text())
     with tempfile.TemporaryDirectory(prefix="tamsoat-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -105,27 +121,32 @@ def main(argv: list[str] | None = None) -> None:
         print(f"phantom series: 300 x 512 x 512, written in {time.perf_counter() - t0:.1f} s", flush=True)
         # The PyTorch network is rebuilt from the shipped ONNX file's weights (checked against ONNX Runtime),
         # or taken from a training checkpoint when one is given.
-        net = load_trained(args.checkpoint)[0] if args.checkpoint else network_from_onnx(SHIPPED / "model.onnx")
+        net = load_trained(args.checkpoint)[0] if args.checkpoint else network_from_onnx(shipped_dir / "model.onnx")
         runtimes: dict[str, Path] = {
             "pytorch-eager-fp32": export_model_folder(net, work / "eager-fp32", "monai-bundle", shipped),
             "pytorch-eager-bf16": export_model_folder(net, work / "eager-bf16", "monai-bundle", shipped,
                                                       cpu_precision="bf16"),
             "torchscript-bf16": export_model_folder(net, work / "ts-bf16", "torchscript", shipped,
                                                     cpu_precision="bf16"),
-            "onnxruntime-fp32": SHIPPED,
+            "onnxruntime-fp32": export_model_folder(net, work / "onnx", "onnx", shipped),
         }
-        results: dict[str, dict[str, Any]] = {}
-        for name, folder in runtimes.items():
-            cmd = [sys.executable, __file__, "--child", str(folder), str(work / "series"),
-                   "--threads", str(args.threads), "--patch", str(args.patch), "--repeat", str(args.repeat)]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-            results[name] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"{name}: done", flush=True)
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in runtimes}
+        for round_ in range(args.rounds):
+            for name, folder in runtimes.items():
+                cmd = [sys.executable, __file__, "--child", str(folder), str(work / "series"),
+                       "--threads", str(args.threads), "--patch", str(args.patch), "--repeat", str(args.repeat)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                runs[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"round {round_ + 1}/{args.rounds} {name}: {runs[name][-1]['timings']['total']:.2f} s",
+                      flush=True)
+    # Per runtime, the round with the median total.
+    results = {name: sorted(rs, key=lambda r: r["timings"]["total"])[(len(rs) - 1) // 2] for name, rs in runs.items()}
 
     voxel = min(shipped["input"]["spacing_mm"])
     ref = results["pytorch-eager-fp32"]
-    print(f"\nthreads {args.threads}, patch {args.patch or shipped['input']['patch_size']}, "
-          f"seconds per stage (last of {args.repeat}); peak RSS of each runtime's own process\n")
+    print(f"\n{shipped['id']} {shipped['version']}, threads {args.threads}, patch "
+          f"{args.patch or shipped['input']['patch_size']}, seconds per stage (last of {args.repeat} per process, "
+          f"median of {args.rounds} rounds); peak RSS of each runtime's own process\n")
     head = f"{'runtime':22}" + "".join(f"{s:>11}" for s in STAGES) + f"{'load':>7}{'RSS MB':>8}{'x total':>9}" \
         f"{'x infer':>9}{'findings':>9}  match fp32"
     print(head)
@@ -137,6 +158,13 @@ def main(argv: list[str] | None = None) -> None:
         row += f"{len(r['findings']):9d}  {'yes' if matches(ref['findings'], r['findings'], voxel) else 'NO'}"
         print(row)
     print("\n(x total / x infer: PyTorch eager fp32 time divided by this runtime's; >1 is faster)")
+    matching = [n for n, r in results.items() if matches(ref["findings"], r["findings"], voxel)]
+    fastest = min(matching, key=lambda n: results[n]["timings"]["total"])
+    ours = shipped_configuration(shipped)
+    spread = {n: statistics.pstdev([r["timings"]["total"] for r in rs]) for n, rs in runs.items()}
+    print(f"fastest runtime whose findings match fp32: {fastest}; the shipped manifest runs {ours}"
+          f" ({'the fastest' if ours == fastest else 'NOT the fastest'}); spread of totals over rounds (s): "
+          + ", ".join(f"{n} {v:.2f}" for n, v in spread.items()))
     for name, r in results.items():
         print(f"{name} findings (x, y, z mm; diameter mm; confidence): "
               + "; ".join(f"({f[0]:.1f}, {f[1]:.1f}, {f[2]:.1f}) {f[3]:.1f} {f[4]:.2f}" for f in r["findings"]))

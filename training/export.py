@@ -2,6 +2,11 @@
 
 Run: ``python -m training.export --checkpoint runs/shipped/checkpoint_best.pt
 --out models/lung-nodule-phantom/0.1.0 --model-id lung-nodule-phantom --version 0.1.0 --evaluate 10``.
+
+``--runtime monai-bundle --cpu-precision bf16`` also writes the weights as a MONAI bundle (``configs/``,
+``models/model.pt``) and makes the manifest run that bundle under bf16 autocast on CPUs with native bf16
+(the fastest configuration with the same findings, ``benchmarks/inference.py``); ``model.onnx`` stays in
+the folder, parity-checked, for ONNX users and for warm starts.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import numpy as np
 import torch
 import yaml
 
+from inference.networks import NoduleNet, build_network
 from inference.runners import OnnxPredictor
 from training.config import TrainConfig
 from training.evaluate import MIN_MATCH_RADIUS_MM, evaluate_model
-from training.network import NoduleNet, build_network
 
 MODEL_NAME = "tamsoat lung nodule detector (phantom-trained)"
 MANUFACTURER = "tamsoat"
@@ -94,8 +99,8 @@ def export_bundle(net: NoduleNet, bundle_dir: Path, *, name: str = MODEL_NAME, v
     """Write a MONAI bundle in the standard layout: ``configs/metadata.json``, ``configs/inference.json``
     (``network_def``), ``models/model.pt`` (the state dict). Returns the path of ``models/model.pt``.
 
-    ``network_def`` names ``training.network.NoduleNet``, outside MONAI and ``torch.nn``, so a manifest
-    for this bundle must mark it ``trusted: true`` (the config itself holds no expressions).
+    ``network_def`` names ``inference.networks.nodule_net.NoduleNet``, one of the service's own networks, so
+    the bundle is declarative and runs without ``trusted: true``.
     """
     bundle_dir = Path(bundle_dir)
     (bundle_dir / "configs").mkdir(parents=True, exist_ok=True)
@@ -130,6 +135,7 @@ def export_bundle(net: NoduleNet, bundle_dir: Path, *, name: str = MODEL_NAME, v
 
 
 RUNTIME_FILES = {"onnx": "model.onnx", "torchscript": "model.ts", "monai-bundle": "models/model.pt"}
+BUNDLE_FILES = ("configs/metadata.json", "configs/inference.json", RUNTIME_FILES["monai-bundle"])
 
 
 def export_model_folder(net: NoduleNet, out_dir: Path, runtime: str, manifest: dict[str, Any],
@@ -150,13 +156,11 @@ def export_model_folder(net: NoduleNet, out_dir: Path, runtime: str, manifest: d
         files = [RUNTIME_FILES[runtime]]
     elif runtime == "monai-bundle":
         export_bundle(net, out_dir)
-        files = ["configs/metadata.json", "configs/inference.json", RUNTIME_FILES[runtime]]
+        files = list(BUNDLE_FILES)
     else:
         raise ValueError(f"unknown runtime {runtime!r} (onnx, torchscript, monai-bundle)")
     data = {k: v for k, v in manifest.items() if k not in ("files", "entrypoint", "trusted", "precision")}
     data["runtime"] = runtime
-    if runtime == "monai-bundle":
-        data["trusted"] = True  # network_def names training.network.NoduleNet (see export_bundle)
     if cpu_precision != "fp32":
         data["precision"] = {"cpu": cpu_precision}
     data["files"] = {name: sha256_file(out_dir / name) for name in files}
@@ -184,12 +188,18 @@ def parity(net: NoduleNet, model_path: Path, shape: tuple[int, int, int] = (40, 
 
 def export_onnx(checkpoint: Path, out_dir: Path, *, model_id: str, version: str,
                 evaluation: dict[str, Any] | None = None, reproduce: str | None = None,
-                notes: list[str] | None = None, limitations: list[str] | None = None) -> Path:
+                notes: list[str] | None = None, limitations: list[str] | None = None,
+                runtime: str = "onnx", cpu_precision: str = "fp32") -> Path:
     """Write ``model.onnx`` (dynamic D/H/W), check it against PyTorch, write the manifest and model card.
 
-    Returns the path of ``model.onnx``. A new Device UID is drawn on every export. Raises
-    ``RuntimeError`` when the ONNX output differs from PyTorch by more than ``PARITY_TOLERANCE``.
+    With ``runtime="monai-bundle"`` the folder is also a MONAI bundle of the same weights, and the manifest
+    runs it (under ``cpu_precision``). Returns the path of ``model.onnx``. A new Device UID is drawn on every
+    export. Raises ``RuntimeError`` when the ONNX output differs from PyTorch by more than ``PARITY_TOLERANCE``.
     """
+    if runtime not in ("onnx", "monai-bundle"):
+        raise ValueError(f"runtime {runtime!r}: onnx or monai-bundle")
+    if cpu_precision != "fp32" and runtime == "onnx":
+        raise ValueError("cpu_precision bf16 needs runtime monai-bundle")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     net, cfg, info = load_trained(checkpoint)
@@ -198,7 +208,13 @@ def export_onnx(checkpoint: Path, out_dir: Path, *, model_id: str, version: str,
     diff = parity(net, model_path)
     if diff > PARITY_TOLERANCE:
         raise RuntimeError(f"ONNX and PyTorch outputs differ by {diff:.2e} (> {PARITY_TOLERANCE})")
-    manifest = {
+    files = [model_path.name]
+    if runtime == "monai-bundle":
+        sp, win = cfg.data.spacing_mm, cfg.data.window_hu
+        export_bundle(net, out_dir, version=version, spacing_mm=(float(sp[0]), float(sp[1]), float(sp[2])),
+                      window_hu=(float(win[0]), float(win[1])))
+        files = [*BUNDLE_FILES, *files]
+    manifest: dict[str, Any] = {
         "id": model_id,
         "version": version,
         "name": MODEL_NAME,
@@ -206,7 +222,8 @@ def export_onnx(checkpoint: Path, out_dir: Path, *, model_id: str, version: str,
         "device_uid": f"2.25.{uuid.uuid4().int}",
         "task": "lung-nodule-detection",
         "intended_use": INTENDED_USE,
-        "runtime": "onnx",
+        "runtime": runtime,
+        **({"precision": {"cpu": cpu_precision}} if cpu_precision != "fp32" else {}),
         "input": {
             "spacing_mm": [float(s) for s in cfg.data.spacing_mm],
             "window_hu": [float(w) for w in cfg.data.window_hu],
@@ -219,7 +236,7 @@ def export_onnx(checkpoint: Path, out_dir: Path, *, model_id: str, version: str,
             "min_diameter_mm": 3.0,
             "label": {"scheme": "SCT", "value": "27925004", "meaning": "Nodule"},
         },
-        "files": {"model.onnx": sha256_file(model_path)},
+        "files": {name: sha256_file(out_dir / name) for name in files},
     }
     (out_dir / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False, width=120))
     write_model_card(out_dir, manifest, cfg, info, diff, evaluation, reproduce, notes, limitations)
@@ -228,6 +245,16 @@ def export_onnx(checkpoint: Path, out_dir: Path, *, model_id: str, version: str,
 
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))
+
+
+def _runtime_line(manifest: dict[str, Any]) -> str:
+    if manifest["runtime"] == "onnx":
+        return "ONNX Runtime (`model.onnx`), fp32."
+    precision = manifest.get("precision", {}).get("cpu", "fp32")
+    how = ("bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 elsewhere" if precision == "bf16"
+           else "fp32")
+    return (f"MONAI bundle (`configs/`, `models/model.pt`), PyTorch eager, {how}; fp16 autocast on a GPU. "
+            "`model.onnx` holds the same weights for ONNX Runtime.")
 
 
 def write_model_card(out_dir: Path, manifest: dict[str, Any], cfg: TrainConfig, info: dict[str, Any],
@@ -246,8 +273,9 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any], cfg: TrainConfig, 
         "",
         "## What it is",
         "",
-        f"- Task: lung-nodule detection on chest CT; output: per-voxel nodule logits ({manifest['runtime']}).",
-        f"- Network: `training.network.NoduleNet` (3-D encoder-decoder, stride {NoduleNet.stride}, features "
+        "- Task: lung-nodule detection on chest CT; output: per-voxel nodule logits.",
+        f"- Runtime: {_runtime_line(manifest)}",
+        f"- Network: `inference.networks.NoduleNet` (3-D encoder-decoder, stride {NoduleNet.stride}, features "
         f"{list(cfg.model.features)}), opset {OPSET}, dynamic depth/height/width.",
         f"- Input: the shared pre-processing `inference.preprocess`: resample to {list(cfg.data.spacing_mm)} mm "
         f"(i, j, k), window {list(cfg.data.window_hu)} HU to [0, 1]; spatial sizes divisible by {NoduleNet.stride}.",
@@ -340,10 +368,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reproduce", default=None, help="the training command for the model card")
     parser.add_argument("--note", action="append", default=[], help="a line about the run for the model card")
     parser.add_argument("--limitation", action="append", default=[], help="a known limitation for the model card")
+    parser.add_argument("--runtime", choices=("onnx", "monai-bundle"), default="onnx",
+                        help="what the manifest runs (model.onnx is written either way)")
+    parser.add_argument("--cpu-precision", choices=("fp32", "bf16"), default="fp32",
+                        help="monai-bundle only: bf16 autocast on CPUs with native bf16")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
-    path = export_onnx(args.checkpoint, args.out, model_id=args.model_id, version=args.version,
-                       reproduce=args.reproduce, notes=args.note, limitations=args.limitation)
+    try:
+        path = export_onnx(args.checkpoint, args.out, model_id=args.model_id, version=args.version,
+                           reproduce=args.reproduce, notes=args.note, limitations=args.limitation,
+                           runtime=args.runtime, cpu_precision=args.cpu_precision)
+    except ValueError as exc:
+        parser.exit(2, f"training.export: {exc}\n")
     if args.evaluate:
         summary = evaluate_model(args.out, args.evaluate)
         print(json.dumps(summary, indent=2))

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 import yaml
 from monai.losses import DiceLoss
 
+from inference.networks import NoduleNet
 from training.config import TrainConfig, load_config
 from training.dataset import VALIDATION_SEED_SHIFT, PatchSampler, build_cache
-from training.network import NoduleNet
 from training.warm_start import freeze_batchnorm, starting_network
 
 LAST = "checkpoint_last.pt"

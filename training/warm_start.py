@@ -19,9 +19,9 @@ from onnx import numpy_helper
 from torch import nn
 
 from inference.manifest import load_manifest
+from inference.networks import NoduleNet, build_network
 from training.config import ModelConfig, TrainConfig
 from training.export import load_trained, parity
-from training.network import NoduleNet, build_network
 
 PARITY_TOLERANCE = 1e-4
 
@@ -37,7 +37,7 @@ def network_from_onnx(model_path: Path, *, check: bool = True) -> NoduleNet:
     convs = [n for n in graph.node if n.op_type == "Conv"]
     weights = [inits.get(n.input[1]) for n in convs]
     if len(weights) < 7 or any(w is None or w.ndim != 5 for w in weights):
-        raise ValueError(f"{model_path} is not an export of training.network.NoduleNet")
+        raise ValueError(f"{model_path} is not an export of inference.networks.NoduleNet")
     features = (int(weights[0].shape[0]), int(weights[3].shape[0]), int(weights[6].shape[0]))  # type: ignore[union-attr]
     net = build_network(features)
     modules = dict(net.named_modules())

@@ -11,20 +11,20 @@ The network is built with ``monai.bundle.ConfigParser`` and the weights are load
 are read the same way (``read_config``, ``instantiate``, ``load_network``) by
 ``inference.runners.detection_bundle``.
 
-**Trust.** A bundle's config is code: ``$...`` strings are Python expressions that MONAI
-evaluates, ``%file#id`` macros read other files, and ``_target_`` names any importable callable
-(``os.system`` included). Unless the manifest marks the model ``trusted: true``, the runner builds
-only a declarative network: the ``network_def`` item and every item it references with ``@id``
-must be plain data (no ``$`` expression, no ``%`` macro, no ``_requires_``, no ``_mode_`` other than
-``default``), and every ``_target_`` must lie in ``monai.networks``, ``monai.apps`` or
-``torch.nn``. Anything else is refused with one sentence naming the offending item, before
-``ConfigParser`` evaluates anything (for a detection bundle: ``anchor_generator`` too). Items
-that tamsoat does not build (``run``, ``evaluator``, ``detector_ops``, ...) are never evaluated,
-trusted or not. Declarative bundles (most network definitions are) then run without trusting
-their author; a bundle that needs its expressions runs after an admin has read it and set
-``trusted: true``. Refusing, rather than parsing with expressions switched off (MONAI's
-``MONAI_EVAL_EXPR=0`` would leave ``$...`` strings as literal arguments), avoids building a network
-with silently wrong arguments.
+**Trust.** A bundle's config is code: ``$...`` strings are Python expressions that MONAI evaluates,
+``%file#id`` macros read other files, and ``_target_`` names any importable callable (``os.system``
+included). Unless the manifest marks the model ``trusted: true``, the runner builds only a
+declarative network: the ``network_def`` item and every item it references with ``@id`` must be
+plain data (no ``$`` expression, no ``%`` macro, no ``_requires_``, no ``_mode_`` other than
+``default``), and every ``_target_`` must lie in ``monai.networks``, ``monai.apps``, ``torch.nn`` or
+``inference.networks`` (tamsoat's own networks, part of the service). Anything else is refused with
+one sentence naming the offending item, before ``ConfigParser`` evaluates anything (for a detection
+bundle: ``anchor_generator`` too). Items that tamsoat does not build (``run``, ``evaluator``,
+``detector_ops``, ...) are never evaluated, trusted or not. Declarative bundles (most network
+definitions are) then run without trusting their author; a bundle that needs its expressions runs
+after an admin has read it and set ``trusted: true``. Refusing, rather than parsing with expressions
+switched off (MONAI's ``MONAI_EVAL_EXPR=0`` would leave ``$...`` strings as literal arguments),
+avoids building a network with silently wrong arguments.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from inference.runners.torch_predictor import CpuPrecision, GpuPrecision, TorchP
 
 NETWORK_ID = "network_def"
 CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
-SAFE_TARGET_PREFIXES = ("monai.networks.", "monai.apps.", "torch.nn.")
+SAFE_TARGET_PREFIXES = ("monai.networks.", "monai.apps.", "torch.nn.", "inference.networks.")
 _KEY_SEP = "::"  # MONAI's id separator (``#`` is accepted as well)
 
 

@@ -2,12 +2,14 @@
 
 Shared by the TorchScript and MONAI-bundle runners, per-voxel (``TorchPredictor``) and box
 (``inference.runners.torch_box_predictor``) alike. On a GPU the model runs under fp16 autocast by
-default; on the CPU in fp32, or under bf16 autocast when the manifest asks for it (``precision``).
-The output always comes back as float32 numpy.
+default; on the CPU in fp32, or under bf16 autocast when the manifest asks for it (``precision``) and
+the CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere bf16 is emulated and slower than
+fp32, so the runner stays in fp32 and logs why. The output always comes back as float32 numpy.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -22,6 +24,12 @@ from inference.volume import FloatArray
 CpuPrecision = Literal["fp32", "bf16"]
 GpuPrecision = Literal["fp32", "fp16"]
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX tiles), where bf16 autocast pays."""
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def default_device() -> str:
@@ -47,6 +55,10 @@ class TorchRunner:
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
         self.precision: str = gpu_precision if self.device.type == "cuda" else cpu_precision
+        if self.precision == "bf16" and not cpu_has_native_bf16():
+            log.warning("event=model.precision_fallback model=%s asked=bf16 running=fp32 "
+                        "reason=cpu_without_native_bf16", source)
+            self.precision = "fp32"
         self.source = source
         self._module = module.to(self.device).eval()
 

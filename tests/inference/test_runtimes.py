@@ -10,6 +10,7 @@ voxel, diameters within 10 %.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +23,14 @@ import yaml
 
 from inference.dicom_series import build_volume, read_instances
 from inference.manifest import ManifestError, parse_manifest
+from inference.networks import NoduleNet
 from inference.pipeline import Engine, model_input
 from inference.registry import Registry
-from inference.runners import RunnerError, TorchPredictor, TorchScriptPredictor
+from inference.runners import RunnerError, TorchPredictor, TorchScriptPredictor, torch_predictor
 from inference.runners.bundle_predictor import BundlePredictor, BundleTrustError
+from inference.runners.torch_predictor import cpu_has_native_bf16
 from tamsoat.core.domain import Detection
 from training.export import export_model_folder
-from training.network import NoduleNet
 from training.phantom import make_phantom
 from training.series import write_ct_series
 
@@ -123,24 +125,45 @@ def test_runtimes_are_chosen_by_the_manifest(models_dir: Path) -> None:
     assert type(registry.load("net-torchscript").predictor) is TorchScriptPredictor
     bundle = registry.load("net-monai-bundle")
     assert type(bundle.predictor) is BundlePredictor
-    assert bundle.manifest.trusted and bundle.identity.weights_sha256 == bundle.manifest.files["models/model.pt"]
+    # The bundle names tamsoat's own network (inference.networks): declarative, it runs untrusted.
+    assert not bundle.manifest.trusted
+    assert bundle.identity.weights_sha256 == bundle.manifest.files["models/model.pt"]
 
 
-def test_bf16_on_cpu_runs_under_autocast_close_to_fp32(net: NoduleNet, tmp_path: Path) -> None:
-    """bf16 is chosen per manifest; its logits stay close to fp32. Whether *findings* survive bf16 is a
-    property of a trained model (margins), measured for the shipped one by ``benchmarks/inference.py``."""
-    root = tmp_path / "models"
+def _fp32_and_bf16(net: NoduleNet, root: Path) -> tuple[TorchPredictor, TorchPredictor]:
     export_model_folder(net, root / "net-fp32" / "1.0.0", "torchscript", _manifest("net-fp32"))
     export_model_folder(net, root / "net-bf16" / "1.0.0", "torchscript", _manifest("net-bf16"), cpu_precision="bf16")
     registry = Registry(root)
     fp32, bf16 = registry.load("net-fp32", threads=2).predictor, registry.load("net-bf16", threads=2).predictor
     assert isinstance(fp32, TorchPredictor) and isinstance(bf16, TorchPredictor)
+    return fp32, bf16
+
+
+@pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16: the fallback test covers it")
+def test_bf16_on_cpu_runs_under_autocast_close_to_fp32(net: NoduleNet, tmp_path: Path) -> None:
+    """bf16 is chosen per manifest; its logits stay close to fp32. Whether *findings* survive bf16 is a
+    property of a trained model (margins), measured for the shipped one by ``benchmarks/inference.py``
+    and ``tests/training/test_shipped_model.py``."""
+    fp32, bf16 = _fp32_and_bf16(net, tmp_path / "models")
     assert fp32.precision == "fp32" and bf16.precision == "bf16"
     x = np.random.default_rng(1).random((1, 1, 32, 40, 48), dtype=np.float32)
     a, b = fp32.predict(x), bf16.predict(x)
     assert b.dtype == np.float32 and b.shape == x.shape
     assert not np.array_equal(a, b), "bf16 autocast should change the arithmetic"
     assert float(np.abs(a - b).max()) < 0.05 * float(a.std()) + 0.05
+
+
+def test_bf16_falls_back_to_fp32_on_a_cpu_without_native_bf16(net: NoduleNet, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """Emulated bf16 is slower than fp32: on such a CPU the runner says so and runs fp32."""
+    monkeypatch.setattr(torch_predictor, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level(logging.WARNING, logger=torch_predictor.__name__):
+        fp32, bf16 = _fp32_and_bf16(net, tmp_path / "models")
+    assert fp32.precision == bf16.precision == "fp32"
+    assert "event=model.precision_fallback" in caplog.text and "asked=bf16" in caplog.text
+    x = np.random.default_rng(1).random((1, 1, 16, 16, 16), dtype=np.float32)
+    np.testing.assert_array_equal(fp32.predict(x), bf16.predict(x))
 
 
 @pytest.mark.gpu
@@ -191,7 +214,7 @@ def test_untrusted_declarative_bundle_runs(tmp_path: Path) -> None:
         ({"network_def": {**CONV, "out_channels": "$open('MARKER', 'w').close() or 1"}}, "Python expression"),
         ({"n": "$__import__('os').getpid()", "network_def": {**CONV, "out_channels": "@n"}}, "Python expression"),
         ({"network_def": {"_target_": "os.system", "command": "touch MARKER"}}, "outside"),
-        ({"network_def": {"_target_": "training.network.NoduleNet"}}, "trusted: true"),
+        ({"network_def": {"_target_": "training.export.export_bundle"}}, "trusted: true"),
         ({"network_def": {**CONV, "_requires_": "$print(1)"}}, "not allowed"),
         ({"network_def": "%other.json#net"}, "macro"),
     ],

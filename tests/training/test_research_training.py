@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 
+from inference.networks import NoduleNet
 from inference.registry import Registry
 from training.export import _export
 from training.finetune import load_research_config
 from training.froc import FP_RATES, CaseScores, Truth, froc
-from training.network import NoduleNet
 from training.register import RegistrationError, register_model
 from training.warm_start import network_from_onnx, onnx_parity
 

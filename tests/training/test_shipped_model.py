@@ -1,5 +1,6 @@
-"""The shipped model folders: manifest consistent with the ONNX file, the ONNX runs, and on a fixed phantom
-the ONNX model and the PyTorch network rebuilt from it find the same nodules."""
+"""The shipped model folders: manifest consistent with its files, the ONNX runs, and on a fixed phantom
+the ONNX model and the PyTorch network rebuilt from it find the same nodules; a version shipped as a
+bf16 MONAI bundle finds, as shipped, what its ONNX file finds in fp32."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from inference.manifest import load_manifest
+from inference.manifest import PrecisionSpec, load_manifest
 from inference.pipeline import detect_in_volume
 from inference.registry import LoadedModel, RegisteredModel, create_predictor
 from inference.runners.torch_predictor import TorchPredictor
@@ -31,8 +32,9 @@ def test_manifest_sha256_matches_model(version: str) -> None:
     folder = SHIPPED / version
     manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
     assert manifest["id"] == "lung-nodule-phantom" and manifest["version"] == version
-    assert manifest["runtime"] == "onnx" and manifest["output"]["kind"] == "logits"
-    assert manifest["files"]["model.onnx"] == sha256_file(folder / "model.onnx")
+    assert manifest["runtime"] in ("onnx", "monai-bundle") and manifest["output"]["kind"] == "logits"
+    assert "model.onnx" in manifest["files"] and not manifest.get("trusted", False)
+    assert all(sha256_file(folder / name) == digest for name, digest in manifest["files"].items())
     assert str(manifest["device_uid"]).startswith("2.25.")
     assert "Not for clinical use" in manifest["intended_use"]
     assert (folder / "model.onnx").stat().st_size < 5 * 1024 * 1024
@@ -73,3 +75,30 @@ def test_onnx_and_pytorch_find_the_same_nodules_on_a_fixed_phantom(version: str)
     # The network sees the phantom's 16 mm nodule (this is the shipped model, not a stub).
     big = max(phantom.nodules, key=lambda n: n.diameter_mm)
     assert any(np.linalg.norm(np.subtract(d.center_mm, big.center_mm)) <= big.diameter_mm / 2 for d in onnx_found)
+
+
+BUNDLED = [v for v in VERSIONS
+           if yaml.safe_load((SHIPPED / v / "manifest.yaml").read_text())["runtime"] == "monai-bundle"]
+
+
+@pytest.mark.parametrize("version", BUNDLED)
+def test_shipped_bundle_as_shipped_finds_what_its_onnx_finds(version: str) -> None:
+    """The configuration the service runs (the bundle, bf16 where the CPU has it) against fp32 ONNX Runtime
+    on the same weights: the same findings, centres within a voxel, confidences close."""
+    folder = SHIPPED / version
+    shipped = load_manifest(folder / "manifest.yaml")
+    patch = {"input": shipped.input.model_copy(update={"patch_size": (96, 160, 160)})}
+    shipped = shipped.model_copy(update=patch)
+    as_onnx = shipped.model_copy(update={"runtime": "onnx", "precision": PrecisionSpec(), "entrypoint": "model.onnx"})
+    phantom = make_phantom(5, shape_kji=(80, 224, 224), spacing_ijk=(1.25, 1.25, 1.25), n_nodules=3,
+                           nodule_diameters_mm=[7.0, 11.0, 16.0], nodule_kinds=["solid", "part-solid", "solid"])
+    found = {}
+    for name, manifest in (("shipped", shipped), ("onnx", as_onnx)):
+        registered = RegisteredModel(manifest, folder)
+        runner = create_predictor(registered, threads=2, device="cpu")
+        found[name] = detect_in_volume(phantom.volume, LoadedModel(manifest, registered.identity, runner))
+    assert len(found["shipped"]) == len(found["onnx"]) >= 2
+    voxel = min(shipped.input.spacing_mm)
+    for a, b in zip(found["shipped"], found["onnx"], strict=True):
+        assert np.linalg.norm(np.subtract(a.center_mm, b.center_mm)) <= voxel
+        assert abs(a.confidence - b.confidence) < 0.05

@@ -12,10 +12,12 @@ import pytest
 import torch
 import yaml
 
+from inference.networks import NoduleNet
+from inference.registry import Registry
+from inference.runners.bundle_predictor import BundlePredictor
 from training.config import load_config
 from training.dataset import PatchSampler, build_cache
 from training.export import export_onnx, load_trained, sha256_file
-from training.network import NoduleNet
 from training.train import LAST, train
 
 TINY = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny.yaml"
@@ -96,6 +98,36 @@ def test_export_writes_onnx_matching_pytorch(tiny_run: tuple[Path, Path], tmp_pa
     assert np.max(np.abs(got - expected)) < 1e-3
     again = export_onnx(best, tmp_path / "model2", model_id="lung-nodule-phantom", version="0.0.1")
     assert yaml.safe_load((again.parent / "manifest.yaml").read_text())["device_uid"] != manifest["device_uid"]
+
+
+def test_export_as_a_bf16_bundle_runs_the_same_weights_untrusted(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """``runtime="monai-bundle"``: the folder is also a MONAI bundle the registry runs (declarative, so not
+    trusted), every file is listed with its sha256, and the bundle computes what model.onnx computes."""
+    _, best = tiny_run
+    model = export_onnx(best, tmp_path / "lung-nodule-phantom" / "0.0.1", model_id="lung-nodule-phantom",
+                        version="0.0.1", runtime="monai-bundle", cpu_precision="bf16")
+    folder = model.parent
+    manifest = yaml.safe_load((folder / "manifest.yaml").read_text())
+    assert manifest["runtime"] == "monai-bundle" and manifest["precision"] == {"cpu": "bf16"}
+    assert "trusted" not in manifest
+    assert set(manifest["files"]) == {"configs/metadata.json", "configs/inference.json", "models/model.pt",
+                                      "model.onnx"}
+    assert all(sha256_file(folder / name) == digest for name, digest in manifest["files"].items())
+    assert "MONAI bundle" in (folder / "model_card.md").read_text()
+    loaded = Registry(tmp_path).load("lung-nodule-phantom", threads=2)
+    assert isinstance(loaded.predictor, BundlePredictor)
+    assert loaded.identity.weights_sha256 == manifest["files"]["models/model.pt"]
+    loaded.predictor.precision = "fp32"  # the weights, compared without bf16 rounding
+    x = np.random.default_rng(0).random((1, 1, 24, 40, 56), dtype=np.float32)
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert np.max(np.abs(loaded.predictor.predict(x) - session.run(None, {"image": x})[0])) < 1e-3
+
+
+def test_export_refuses_bf16_for_onnx(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+    _, best = tiny_run
+    with pytest.raises(ValueError, match="bf16 needs runtime monai-bundle"):
+        export_onnx(best, tmp_path / "m", model_id="x", version="0.0.1", cpu_precision="bf16")
+    assert not (tmp_path / "m").exists()
 
 
 def test_training_can_start_from_a_model_folder(tiny_run: tuple[Path, Path], tmp_path: Path,
