@@ -10,7 +10,17 @@ import typer
 
 from tamsoat.core.settings import REPO_ROOT
 
-SHIPPED = REPO_ROOT / "models" / "lung-nodule-phantom" / "0.2.0"
+SHIPPED_MODEL = REPO_ROOT / "models" / "lung-nodule-phantom"
+# The issue's targets for the shipped detector, stated in its model card.
+TARGETS = {"cpm": 0.90, "sens_ge_6mm": 0.95}
+
+
+def shipped_model() -> Path:
+    """The default model folder: the newest shipped version (what the service runs by default)."""
+    from inference.manifest import version_key
+
+    return max((p for p in SHIPPED_MODEL.iterdir() if (p / "manifest.yaml").is_file()),
+               key=lambda p: version_key(p.name))
 
 
 def train(
@@ -41,6 +51,8 @@ def evaluate(
     threads: Annotated[int, typer.Option(min=1)] = 2,
     seed_base: Annotated[int, typer.Option(help="First phantom seed: 900000 the held-out set, 800000 the tuning "
                                                 "set (for choosing between candidates).")] = 900_000,
+    card: Annotated[bool, typer.Option(help="Write the FROC section into the model's model_card.md (one "
+                                            "--model; --out inside the model folder).")] = False,
 ) -> None:
     """FROC and CPM (LUNA16 definitions) on held-out phantoms: JSON report and FROC plot."""
     import matplotlib
@@ -49,11 +61,15 @@ def evaluate(
     from training.evaluate import HELD_OUT_SEED_BASE
     from training.froc import comparison_markdown, evaluate_models, model_card_markdown, phantom_cases, plot_froc
 
-    folders = model or [SHIPPED]
+    folders = model or [shipped_model()]
     for folder in folders:
         if not (folder / "manifest.yaml").is_file():
             typer.echo(f"tamsoat: {folder} has no manifest.yaml", err=True)
             raise typer.Exit(2)
+    if card and (len(folders) != 1 or not out.resolve().is_relative_to(folders[0].resolve())):
+        typer.echo("tamsoat: --card needs exactly one --model and an --out folder inside it "
+                   "(the card links the plot)", err=True)
+        raise typer.Exit(2)
     cases = phantom_cases(phantoms, tiny=tiny, seed_base=seed_base)
     description = f"{phantoms} held-out {'tiny ' if tiny else ''}phantoms" + (
         f" (seeds {seed_base}..)" if seed_base != HELD_OUT_SEED_BASE else "")
@@ -64,5 +80,22 @@ def evaluate(
     (out / "evaluation.md").write_text("".join(f"## {name}: {description}\n\n{model_card_markdown(result, name)}\n\n"
                                                for name in result["models"]))
     plot_froc(result).savefig(out / "froc.png", dpi=120, bbox_inches="tight")
+    if card:
+        from training.export import replace_card_section
+        from training.froc import model_card_section
+
+        folder = folders[0]
+        name = next(iter(result["models"]))
+        command = f"tamsoat evaluate --model {folder} --phantoms {phantoms}" + (" --tiny" if tiny else "") + (
+            f" --seed-base {seed_base}" if seed_base != HELD_OUT_SEED_BASE else "") + f" --out {out} --card"
+        about = ("Small phantoms (40×128×128 at 1.875×1.875×2.5 mm, log-uniform 5–15 mm nodules), a pipeline check."
+                 if tiny else "Phantoms never used in training: 300×512×512 at 0.7×0.7×1.25 mm, up to 4 nodules "
+                 "each, diameters 3–30 mm and types drawn from the LIDC-IDRI readers' annotations "
+                 f"(`training/data/lidc_nodule_mix.json`), {result['nodules']} nodules.")
+        section = model_card_section(result, name, command, (out / "froc.png").resolve().relative_to(
+            folder.resolve()).as_posix(), about, TARGETS)
+        card_file = folder / "model_card.md"
+        card_file.write_text(replace_card_section(card_file.read_text() if card_file.is_file() else "", section))
+        typer.echo(f"model card: {card_file}")
     typer.echo(comparison_markdown(result))
     typer.echo(f"\nwritten: {out / 'evaluation.json'}, {out / 'froc.png'}")

@@ -358,6 +358,23 @@ def write_model_card(out_dir: Path, manifest: dict[str, Any], cfg: TrainConfig, 
     (out_dir / "model_card.md").write_text("\n".join(lines))
 
 
+CARD_SECTION_HEADINGS = ("## FROC", "## Evaluation on held-out phantoms")
+
+
+def replace_card_section(card: str, section: str) -> str:
+    """``card`` (a model card's markdown) with its evaluation section (a heading starting with one of
+    ``CARD_SECTION_HEADINGS``, up to the next ``## `` heading) replaced by ``section``; without one,
+    ``section`` goes before ``## Limitations`` (or at the end)."""
+    lines = card.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.startswith(CARD_SECTION_HEADINGS)), None)
+    if start is None:
+        start = end = next((i for i, line in enumerate(lines) if line.startswith("## Limitations")), len(lines))
+    else:
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = section if section.endswith("\n") else section + "\n"
+    return "".join([*lines[:start], body, "\n" if end < len(lines) else "", *lines[end:]])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Export a checkpoint as an ONNX model folder.")
     parser.add_argument("--checkpoint", type=Path, required=True)

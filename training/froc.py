@@ -309,6 +309,34 @@ def model_card_markdown(evaluation: Mapping[str, Any], name: str) -> str:
     return "\n".join(["| metric | value |", "| --- | --- |", *(f"| {k} | {v} |" for k, v in rows)])
 
 
+def model_card_section(evaluation: Mapping[str, Any], name: str, command: str, figure: str, about_data: str,
+                       targets: Mapping[str, float] | None = None) -> str:
+    """The model card's whole FROC section for model ``name``: heading, how it was measured (``command``,
+    ``about_data``), the table, the plot (``figure``, relative to the card) and, given ``targets`` (``cpm``,
+    ``sens_ge_6mm``), whether they are met."""
+    m = evaluation["models"][name]
+    curve_end = m["curve"]["fp_per_scan"][-1]
+    lines = [
+        f"## FROC on {evaluation['data']} (LUNA16 definitions)",
+        "",
+        f"`{command}`. {about_data} A candidate hits a nodule when its centre lies within the nodule's radius "
+        f"(at least {MIN_MATCH_RADIUS_MM} mm); candidates are the connected components at probability "
+        f"{DETECT_THRESHOLD:g}, scored by their peak, run exactly as the service runs the model (its runtime "
+        "and precision).",
+    ]
+    if curve_end < FP_RATES[-1]:
+        lines.append(f"The curve ends at {curve_end:.2f} false positives per scan: the candidates run out there, so "
+                     "the sensitivity at higher rates is the one at that point.")
+    lines += ["", model_card_markdown(evaluation, name), "", f"![FROC]({figure})"]
+    if targets:
+        cpm, small = m["cpm"], m["at_least_6mm"]["sens@1"]
+        met = cpm >= targets["cpm"] and small >= targets["sens_ge_6mm"]
+        lines += ["", f"Against the project's targets (CPM ≥ {targets['cpm']:.2f}; sensitivity ≥ "
+                      f"{targets['sens_ge_6mm']:.2f} for nodules ≥ 6 mm at 1 FP/scan): "
+                      f"{'met' if met else 'not met'}, CPM {cpm:.3f} and {small:.3f}."]
+    return "\n".join(lines) + "\n"
+
+
 def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from tamsoat.cli import app
 from tamsoat.core.settings import REPO_ROOT
-from training.export import export_onnx
+from training.export import export_onnx, replace_card_section
 
 runner = CliRunner()
 
@@ -40,6 +40,27 @@ def test_train_export_and_evaluate_tiny(tmp_path: Path) -> None:
     card = (out / "evaluation.md").read_text()
     assert "## tiny/0.0.1" in card and "CPM" in card and ">= 6 mm" in card
     assert "| metric |" in evaluated.output
+
+    # --card writes the FROC section into the model's own card, linking the plot inside the folder.
+    carded = runner.invoke(app, ["evaluate", "--model", str(model), "--phantoms", "2", "--tiny",
+                                 "--out", str(model / "evaluation"), "--card"])
+    assert carded.exit_code == 0, carded.output
+    card_text = (model / "model_card.md").read_text()
+    assert "## FROC on 2 held-out tiny phantoms" in card_text and "](evaluation/froc.png)" in card_text
+    assert "Not evaluated at export time" not in card_text and "## Limitations" in card_text
+    assert "Against the project's targets" in card_text and "--card" in card_text
+    refused = runner.invoke(app, ["evaluate", "--model", str(model), "--phantoms", "1", "--tiny",
+                                  "--out", str(tmp_path / "elsewhere"), "--card"])
+    assert refused.exit_code == 2 and "--card needs" in refused.output
+
+
+def test_card_section_is_replaced_not_appended() -> None:
+    card = "# m\n\n## What it is\n\nx\n\n## FROC on 5 phantoms\n\nold\n\n## Limitations\n\ny\n"
+    once = replace_card_section(card, "## FROC on 9 phantoms\n\nnew\n")
+    assert once == "# m\n\n## What it is\n\nx\n\n## FROC on 9 phantoms\n\nnew\n\n## Limitations\n\ny\n"
+    assert replace_card_section(once, "## FROC on 9 phantoms\n\nnew\n") == once
+    fresh = replace_card_section("# m\n\n## Limitations\n\ny\n", "## FROC\n\nz\n")
+    assert fresh == "# m\n\n## FROC\n\nz\n\n## Limitations\n\ny\n"
 
 
 def test_train_and_evaluate_refuse_bad_input(tmp_path: Path) -> None:
