@@ -169,11 +169,28 @@ def _resolve(host: str) -> set[str]:
     return addresses
 
 
+@dataclass(frozen=True)
+class _Rejection:
+    """Why an association is rejected: the A-ASSOCIATE-RJ diagnostic (PS3.8 9.3.4) and the log's reason."""
+
+    diagnostic: int
+    reason: str
+
+
+_CALLING_AE_NOT_RECOGNISED = _Rejection(0x03, "calling_ae_not_recognised")
+_CALLED_AE_NOT_RECOGNISED = _Rejection(0x07, "called_ae_not_recognised")
+
+
 class StorageSCP:
     """Storage and Verification SCP in front of a :class:`~dicom_gateway.spool.Spool`.
 
     ``settings.port == 0`` binds a free port (see :attr:`port`); the kernel's validator forbids 0,
     so tests build the settings with ``model_copy(update={"port": 0})``.
+
+    An association is rejected (A-ASSOCIATE-RJ, rejected-permanent, DICOM UL service-user) when its
+    calling AE title and address are not in ``allowed_peers`` (a non-empty list; diagnostic 3), or its
+    called AE title is neither ``ae_title`` nor one of ``extra_ae_titles`` (diagnostic 7). The called AE
+    title is kept with every instance; routing rules may select on it.
     """
 
     def __init__(
@@ -195,6 +212,7 @@ class StorageSCP:
         self._server: ThreadedAssociationServer | None = None
         self._ae: AE | None = None
         self._allowed: set[tuple[str, str]] | None = None
+        self._called_titles = settings.called_ae_titles  # ae_title and extra_ae_titles, stripped
         self._lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------------
@@ -248,8 +266,8 @@ class StorageSCP:
             self._server.contexts = [_SharedUIDContext.of(cx) for cx in self._server.contexts]
             self._ae = ae
             LOG.info(
-                "dicom.scp.started ae_title=%s host=%s port=%d tls=%s", s.ae_title, s.host, self.port,
-                ssl_context is not None,
+                "dicom.scp.started ae_title=%s extra_ae_titles=%s host=%s port=%d tls=%s", s.ae_title,
+                ",".join(s.extra_ae_titles) or "-", s.host, self.port, ssl_context is not None,
             )
 
     def stop(self, grace_s: float = 5.0) -> None:
@@ -292,37 +310,43 @@ class StorageSCP:
 
     def _on_requested(self, event: evt.Event) -> None:
         assoc: Association = event.assoc
-        calling = ""
-        address = ""
+        calling = called = address = ""
         try:
             primitive = assoc.requestor.primitive
             calling = str(primitive.calling_ae_title if primitive else "").strip()
+            called = str(primitive.called_ae_title if primitive else "").strip()
             address = assoc.requestor.address
-            allowed = self._is_allowed(calling, address)
+            if not self._is_allowed(calling, address):
+                rejection = _CALLING_AE_NOT_RECOGNISED
+            elif called not in self._called_titles:
+                rejection = _CALLED_AE_NOT_RECOGNISED
+            else:
+                return
         except Exception as exc:
             LOG.error("dicom.assoc.check_failed error=%s", type(exc).__name__)
-            allowed = False
-        if allowed:
-            return
+            rejection = _CALLING_AE_NOT_RECOGNISED
+        self._reject(assoc, rejection, calling, called, address)
+
+    def _reject(self, assoc: Association, rejection: _Rejection, calling: str, called: str, address: str) -> None:
+        """A-ASSOCIATE-RJ: rejected-permanent (1), DICOM UL service-user (1), ``rejection.diagnostic``."""
         # An unlisted title is not used as a label: peers must not choose our metrics' cardinality.
         known = {p.ae_title.strip() for p in self.settings.allowed_peers}
         metrics.ASSOCIATIONS.labels(calling if calling in known else "(unlisted)", "rejected").inc()
         LOG.warning(
-            "dicom.assoc.rejected reason=calling_ae_not_recognised calling_ae=%s peer=%s",
-            calling,
-            address,
+            "dicom.assoc.rejected reason=%s calling_ae=%s called_ae=%s peer=%s",
+            rejection.reason, calling, called, address,
         )
-        # A-ASSOCIATE-RJ: rejected-permanent (1), DICOM UL service-user (1),
-        # calling-AE-title-not-recognized (3).
-        assoc.acse.send_reject(0x01, 0x01, 0x03)
+        assoc.acse.send_reject(0x01, 0x01, rejection.diagnostic)
         assoc.kill()
 
     def _on_accepted(self, event: evt.Event) -> None:
         assoc: Association = event.assoc
         metrics.ASSOCIATIONS.labels(assoc.requestor.ae_title.strip() or "-", "accepted").inc()
+        primitive = assoc.requestor.primitive
         LOG.info(
-            "dicom.assoc.accepted calling_ae=%s peer=%s",
+            "dicom.assoc.accepted calling_ae=%s called_ae=%s peer=%s",
             assoc.requestor.ae_title.strip(),
+            str(primitive.called_ae_title if primitive else "").strip(),
             assoc.requestor.address,
         )
 

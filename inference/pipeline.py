@@ -223,8 +223,13 @@ class Engine:
             except LookupError as exc:
                 raise RoutingError(f"routing rule {rule.name!r} cannot be used: {exc}") from exc
 
-    def route_study(self, series: SeriesFiles) -> tuple[RoutingDecision | None, dict[str, str]]:
-        """The routing decision for a study (series UID -> files), and why other series were skipped."""
+    def route_study(
+        self, series: SeriesFiles, *, called_ae_title: str | None = None
+    ) -> tuple[RoutingDecision | None, dict[str, str]]:
+        """The routing decision for a study (series UID -> files), and why other series were skipped.
+
+        ``called_ae_title``: the AE title the study was received on (None: unknown; then rules with
+        ``called_ae_titles`` do not apply)."""
         headers: dict[str, list[Dataset]] = {}
         unreadable: dict[str, str] = {}
         for uid, files in series.items():
@@ -232,15 +237,16 @@ class Engine:
                 headers[uid] = read_headers(_paths(files))
             except SeriesError as exc:
                 unreadable[uid] = f"unreadable: {exc}"
-        decision, skipped = self.router.evaluate(headers)
+        decision, skipped = self.router.evaluate(headers, called_ae_title=called_ae_title)
         return decision, {**skipped, **unreadable}
 
-    def analyze_study(self, series: SeriesFiles) -> StudyOutcome | None:
+    def analyze_study(self, series: SeriesFiles, *, called_ae_title: str | None = None) -> StudyOutcome | None:
         """Route a study and analyse the chosen series; None when no rule fits any series.
 
-        ``series`` maps SeriesInstanceUID to its files (paths, or (path, sha256) pairs).
+        ``series`` maps SeriesInstanceUID to its files (paths, or (path, sha256) pairs);
+        ``called_ae_title`` is the AE title the study was received on (see :meth:`route_study`).
         """
-        decision, skipped = self.route_study(series)
+        decision, skipped = self.route_study(series, called_ae_title=called_ae_title)
         for uid, reason in skipped.items():
             log.info("routing.series_skipped series=%s reason=%s", uid, reason)
         if decision is None:

@@ -3,7 +3,8 @@
 The rules file (YAML) is validated when it is loaded, regular expressions compiled then, and every
 error names the rule. For a study, the first rule with at least one fitting series wins; among the
 fitting series the rule's ``prefer`` order picks one (default: most slices, then thinnest
-slices). Every other series gets a reason why it was not chosen.
+slices). Every other series gets a reason why it was not chosen. A rule with ``called_ae_titles``
+applies only to studies received on one of those called AE titles.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pydicom.dataset import Dataset
 
 from inference.dicom_series import MIN_SLICES, SeriesError, stack_geometry
 from inference.manifest import MODEL_ID_PATTERN, SEMVER_PATTERN, error_message
+from tamsoat.core.settings import AE_TITLE_PATTERN
 
 
 class RoutingError(ValueError):
@@ -77,6 +79,10 @@ class Rule(_Strict):
     prefer: list[Preference] = Field(
         default_factory=lambda: [Preference.MOST_SLICES, Preference.THINNEST_SLICES]
     )
+    called_ae_titles: list[str] | None = Field(
+        default=None,
+        description="the rule applies only to studies received on one of these called AE titles",
+    )
 
     _match: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
     _exclude: dict[str, re.Pattern[str]] = PrivateAttr(default_factory=dict)
@@ -85,6 +91,30 @@ class Rule(_Strict):
     @classmethod
     def _patterns(cls, v: dict[str, str]) -> dict[str, str]:
         return _check_patterns(v)
+
+    @field_validator("called_ae_titles")
+    @classmethod
+    def _ae_titles(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return None
+        if not v:
+            raise ValueError("an empty list matches no study (leave the key out to match any called AE title)")
+        for title in v:
+            if not re.fullmatch(AE_TITLE_PATTERN, title) or not title.strip():
+                raise ValueError(f"{title!r} is not an AE title (1 to 16 printable ASCII characters, no backslash)")
+        return [t.strip() for t in v]
+
+    def called_ae_mismatch(self, called_ae_title: str | None) -> str | None:
+        """Why the rule does not apply to a study received on ``called_ae_title`` (None: unknown);
+        None when it applies."""
+        if self.called_ae_titles is None:
+            return None
+        wanted = ", ".join(self.called_ae_titles)
+        if called_ae_title is None or not called_ae_title.strip():
+            return f"the study's called AE title is unknown (the rule is for {wanted})"
+        if called_ae_title.strip() not in self.called_ae_titles:
+            return f"received on called AE title {called_ae_title.strip()!r}, not on {wanted}"
+        return None
 
     def model_post_init(self, context: Any, /) -> None:
         self._match = {k: re.compile(p, re.IGNORECASE) for k, p in self.match.items()}
@@ -117,6 +147,10 @@ class RoutingRules(_Strict):
     def model_ids(self) -> set[str]:
         """The models the rules refer to (check them against the registry at start-up)."""
         return {r.model for r in self.rules}
+
+    def called_ae_titles(self) -> set[str]:
+        """The called AE titles rules select on (check them against the SCP's titles at start-up)."""
+        return {t for r in self.rules for t in r.called_ae_titles or ()}
 
 
 def _describe(exc: ValidationError, data: Any) -> str:
@@ -240,11 +274,20 @@ class Router:
         return cls(load_rules(path))
 
     def evaluate(
-        self, series: Mapping[str, Sequence[Dataset]]
+        self, series: Mapping[str, Sequence[Dataset]], *, called_ae_title: str | None = None
     ) -> tuple[RoutingDecision | None, dict[str, str]]:
-        """The decision (None when no rule fits) and why each other series was not chosen."""
+        """The decision (None when no rule fits) and why each other series was not chosen.
+
+        ``called_ae_title``: the AE title the study was received on; None (unknown) means rules with
+        ``called_ae_titles`` do not apply.
+        """
         why_not: dict[str, list[str]] = {uid: [] for uid in series}
         for rule in self.rules.rules:
+            mismatch = rule.called_ae_mismatch(called_ae_title)
+            if mismatch is not None:
+                for reasons_so_far in why_not.values():
+                    reasons_so_far.append(f"rule {rule.name!r}: {mismatch}")
+                continue
             candidates: list[_Candidate] = []
             reasons: dict[str, str] = {}
             for uid, headers in series.items():
@@ -272,16 +315,20 @@ class Router:
             return decision, skipped
         return None, {uid: "; ".join(r) for uid, r in why_not.items()}
 
-    def route(self, series: Mapping[str, Sequence[Dataset]]) -> RoutingDecision | None:
+    def route(
+        self, series: Mapping[str, Sequence[Dataset]], *, called_ae_title: str | None = None
+    ) -> RoutingDecision | None:
         """Pick the model and the series for a study (series UID -> its instance headers).
 
         None when no rule fits any series; ``explain`` then says why for each series.
         """
-        return self.evaluate(series)[0]
+        return self.evaluate(series, called_ae_title=called_ae_title)[0]
 
-    def explain(self, series: Mapping[str, Sequence[Dataset]]) -> dict[str, str]:
+    def explain(
+        self, series: Mapping[str, Sequence[Dataset]], *, called_ae_title: str | None = None
+    ) -> dict[str, str]:
         """Why each series was not chosen (every series when no rule fits)."""
-        return self.evaluate(series)[1]
+        return self.evaluate(series, called_ae_title=called_ae_title)[1]
 
 
 def group_by_series(headers: Sequence[Dataset]) -> dict[str, list[Dataset]]:

@@ -35,7 +35,10 @@ class Service:
         self.spool.recover()
         self.ctx = TaskContext(settings=settings, db=self.db,
                                sender=functools.partial(send_files, tls_config=settings.dicom.tls))
-        _ = self.ctx.analyzer  # validates the routing rules and every model manifest now, not at the first study
+        engine = self.ctx.analyzer  # validates the routing rules and every model manifest now, not at the first study
+        unserved = engine.router.rules.called_ae_titles() - settings.dicom.called_ae_titles
+        if unserved:  # the SCP rejects these called AE titles: no study can match them
+            log.warning("routing.called_ae_not_served titles=%s", ",".join(sorted(unserved)))
         self.runner = EmbeddedRunner(self.ctx, workers=settings.workers)
         # Instance rows are written by one thread; instances arriving together share a commit.
         self.sink = BatchingSink(self.db, record_instance)

@@ -87,6 +87,7 @@ def analyze_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> 
             log.info("analysis.skipped_state study=%s state=%s", study_uid, study.state)
             return
         study.state = StudyState.ANALYZING.value
+        called_ae_title = study.called_ae_title or None  # routing rules may select on it; "" is unknown
         rows = s.execute(
             select(Instance.series_instance_uid, Instance.path, Instance.sha256)
             .where(Instance.study_instance_uid == study_uid, Instance.current.is_(True))
@@ -94,9 +95,10 @@ def analyze_study(ctx: TaskContext, study_uid: str, payload: dict[str, Any]) -> 
     series: dict[str, list[tuple[Path, str]]] = {}
     for series_uid, path, sha in rows:
         series.setdefault(series_uid, []).append((ctx.spool_root / path, sha))
-    log.info("analysis.started study=%s series=%d instances=%d", study_uid, len(series), len(rows))
+    log.info("analysis.started study=%s series=%d instances=%d called_ae=%s", study_uid, len(series), len(rows),
+             called_ae_title or "-")
     try:
-        outcome = ctx.analyzer.analyze_study(series)
+        outcome = ctx.analyzer.analyze_study(series, called_ae_title=called_ae_title)
     except Exception as exc:
         with ctx.db.session() as s:
             _set_state(s, study_uid, StudyState.FAILED, error=f"{type(exc).__name__}: {exc}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
@@ -64,10 +64,26 @@ class DicomSettings(BaseModel):
     port: int = Field(default=11112, ge=0, le=65535, description="0: any free port (tests)")
     max_pdu: int = Field(default=262144, ge=4096)
     max_associations: int = Field(default=16, ge=1)
+    extra_ae_titles: list[Annotated[str, Field(pattern=AE_TITLE_PATTERN)]] = Field(
+        default_factory=list, description="further called AE titles the SCP answers to besides ae_title "
+        "(routing rules may tell them apart); any other called AE title is rejected"
+    )
     allowed_peers: list[AllowedPeer] = Field(
         default_factory=list, description="empty: accept any calling AE (log a warning at start)"
     )
     tls: DicomTLS | None = Field(default=None, description="set: the SCP speaks DICOM TLS only")
+
+    @field_validator("extra_ae_titles")
+    @classmethod
+    def _strip_titles(cls, v: list[str]) -> list[str]:
+        if any(not t.strip() for t in v):
+            raise ValueError("AE title must not be blank")
+        return [t.strip() for t in v]
+
+    @property
+    def called_ae_titles(self) -> frozenset[str]:
+        """Every called AE title the SCP answers to (compared with surrounding spaces stripped)."""
+        return frozenset({self.ae_title.strip(), *self.extra_ae_titles})
 
 
 class WebSettings(BaseModel):

@@ -15,7 +15,7 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from dicom_gateway.scp import ScpTimeouts, StorageSCP, StoredInstance
+from dicom_gateway.scp import InstanceSink, ScpTimeouts, StorageSCP, StoredInstance
 from dicom_gateway.spool import Spool
 from tamsoat.core.settings import AllowedPeer, DicomSettings
 
@@ -130,17 +130,21 @@ def write_ct(path: Path, **kwargs: object) -> Path:
 
 @dataclass
 class RecordingSink:
-    """An InstanceSink that records what it got; ``error`` (if set) is raised instead."""
+    """An InstanceSink that records what it got, then hands it to ``forward`` (if set); ``error`` (if
+    set) is raised instead."""
 
     instances: list[StoredInstance] = field(default_factory=list)
     error: BaseException | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
+    forward: InstanceSink | None = None
 
     def __call__(self, instance: StoredInstance) -> None:
         if self.error is not None:
             raise self.error
         with self.lock:
             self.instances.append(instance)
+        if self.forward is not None:
+            self.forward(instance)
 
 
 @dataclass
@@ -154,11 +158,19 @@ class RunningSCP:
         return self.scp.port
 
 
-def start_scp(tmp_path: Path, allowed_peers: list[AllowedPeer] | None = None) -> RunningSCP:
-    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", allowed_peers=allowed_peers or [])
+def start_scp(
+    tmp_path: Path,
+    allowed_peers: list[AllowedPeer] | None = None,
+    extra_ae_titles: list[str] | None = None,
+    forward: InstanceSink | None = None,
+) -> RunningSCP:
+    """A running SCP on 127.0.0.1 (a free port) called ``SCP_AE`` (and ``extra_ae_titles``); what it
+    stores is recorded in ``RunningSCP.sink`` and then handed to ``forward`` (e.g. the database)."""
+    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", allowed_peers=allowed_peers or [],
+                             extra_ae_titles=extra_ae_titles or [])
     settings = settings.model_copy(update={"port": 0})
     spool = Spool(tmp_path / "spool", fsync=True)
-    sink = RecordingSink()
+    sink = RecordingSink(forward=forward)
     scp = StorageSCP(settings, spool, sink, ScpTimeouts(acse=5, dimse=10, network=10))
     scp.start()
     return RunningSCP(scp, spool, sink)

@@ -120,6 +120,49 @@ def test_first_fitting_rule_wins_and_preference_is_configurable() -> None:
     assert Router(rules).explain({many_uid: many, thin_uid: thin}) == {many_uid: decision.skipped[many_uid]}
 
 
+CALLED_AE_RULES = {
+    "rules": [
+        {"name": "research-ct", "model": "research-model", "called_ae_titles": ["TAMSOAT_RES", " TAMSOAT_RES2 "],
+         "match": {"Modality": "CT"}, "series": {"min_slices": 5}},
+        {"name": "any-ct", "model": "ct-model", "match": {"Modality": "CT"}, "series": {"min_slices": 5}},
+    ]
+}
+
+
+@pytest.mark.parametrize(
+    ("called_ae_title", "rule"),
+    [("TAMSOAT_RES", "research-ct"), ("TAMSOAT_RES2", "research-ct"), (" TAMSOAT_RES ", "research-ct"),
+     ("TAMSOAT", "any-ct"), ("tamsoat_res", "any-ct"), ("", "any-ct"), (None, "any-ct")],
+)
+def test_rules_with_called_ae_titles_apply_only_to_studies_received_on_them(
+    called_ae_title: str | None, rule: str
+) -> None:
+    uid, headers = _series(30)
+    router = Router(parse_rules(CALLED_AE_RULES))
+    decision = router.route({uid: headers}, called_ae_title=called_ae_title)
+    assert decision is not None and decision.series_instance_uid == uid
+    assert decision.rule_name == rule
+
+
+def test_called_ae_title_mismatch_is_a_skip_reason() -> None:
+    only_research = {"rules": CALLED_AE_RULES["rules"][:1]}
+    router = Router(parse_rules(only_research))
+    assert router.rules.called_ae_titles() == {"TAMSOAT_RES", "TAMSOAT_RES2"}
+    uid, headers = _series(30)
+    assert router.route({uid: headers}, called_ae_title="TAMSOAT") is None
+    assert router.explain({uid: headers}, called_ae_title="TAMSOAT") == {
+        uid: "rule 'research-ct': received on called AE title 'TAMSOAT', not on TAMSOAT_RES, TAMSOAT_RES2"
+    }
+    assert router.explain({uid: headers}) == {
+        uid: "rule 'research-ct': the study's called AE title is unknown (the rule is for TAMSOAT_RES, TAMSOAT_RES2)"
+    }
+    # Both reasons are kept when the study falls through to a later rule that does not fit either.
+    with_mr = {"rules": [*only_research["rules"], {"name": "mr", "model": "mr-model", "match": {"Modality": "MR"}}]}
+    why = Router(parse_rules(with_mr)).explain({uid: headers}, called_ae_title="TAMSOAT")[uid]
+    assert why == ("rule 'research-ct': received on called AE title 'TAMSOAT', not on TAMSOAT_RES, TAMSOAT_RES2; "
+                   "rule 'mr': Modality 'CT' does not match 'MR'")
+
+
 def test_group_by_series() -> None:
     a_uid, a = _series(3)
     b_uid, b = _series(4)
@@ -143,6 +186,16 @@ def test_group_by_series() -> None:
          r"rules: rule names must be unique \(x repeated\)"),
         ({"rules": []}, r"rules: List should have at least 1 item"),
         ({"rules": [{"name": "x", "model": "m", "colour": 1}]}, r"rule 'x': colour: Extra inputs are not permitted"),
+        ({"rules": [{"name": "x", "model": "m", "called_ae_titles": ["MUCH_TOO_LONG_AE_TITLE"]}]},
+         r"rule 'x': called_ae_titles: 'MUCH_TOO_LONG_AE_TITLE' is not an AE title \(1 to 16 printable ASCII"),
+        ({"rules": [{"name": "x", "model": "m", "called_ae_titles": ["A\\B"]}]},
+         r"rule 'x': called_ae_titles: 'A\\\\B' is not an AE title"),
+        ({"rules": [{"name": "x", "model": "m", "called_ae_titles": ["   "]}]},
+         r"rule 'x': called_ae_titles: '   ' is not an AE title"),
+        ({"rules": [{"name": "x", "model": "m", "called_ae_titles": []}]},
+         r"rule 'x': called_ae_titles: an empty list matches no study"),
+        ({"rules": [{"name": "x", "model": "m", "called_ae_titles": "TAMSOAT_RES"}]},
+         r"rule 'x': called_ae_titles: Input should be a valid list"),
     ],
 )
 def test_rule_errors_name_the_rule(rules: dict[str, Any], message: str) -> None:
