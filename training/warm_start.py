@@ -85,6 +85,9 @@ def onnx_parity(net: NoduleNet, model_path: Path, shape: tuple[int, int, int] = 
     return parity(net, model_path, shape)
 
 
+ONNX_FILE = "model.onnx"
+
+
 def starting_network(init: Path | None, cfg: TrainConfig) -> tuple[NoduleNet, TrainConfig, dict[str, Any] | None,
                                                                      str]:
     """The network to start from, the config adjusted to it (features, spacing, window), the parent, a note."""
@@ -92,7 +95,11 @@ def starting_network(init: Path | None, cfg: TrainConfig) -> tuple[NoduleNet, Tr
         return build_network(cfg.model.features), cfg, None, "trained from scratch"
     if init.is_dir():
         manifest = load_manifest(init / "manifest.yaml")
-        net = network_from_onnx(init / manifest.model_file)
+        # A shipped bundle carries its weights as model.onnx too: the ONNX file is the one format read here.
+        onnx_file = ONNX_FILE if ONNX_FILE in manifest.files else manifest.model_file
+        if not onnx_file.endswith(".onnx"):
+            raise ValueError(f"init_from {init} has no ONNX file (a NoduleNet model.onnx) to start from")
+        net = network_from_onnx(init / onnx_file)
         data = cfg.data.model_copy(update={"spacing_mm": tuple(manifest.input.spacing_mm),
                                            "window_hu": tuple(manifest.input.window_hu)})
         cfg = cfg.model_copy(update={"model": ModelConfig(features=net.features), "data": data,

@@ -17,6 +17,9 @@ import nbformat
 import pytest
 import yaml
 
+from inference.manifest import version_key
+from training.register import next_minor
+
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 ORDER = ["01_explore_snapshot.ipynb", "02_retrain.ipynb", "03_evaluate_and_register.ipynb"]
 
@@ -72,9 +75,11 @@ def test_notebooks_run_headless_in_tiny_mode(tmp_path: Path, monkeypatch: pytest
         timings[name] = round(time.monotonic() - started, 1)
     print("notebook wall times (s):", timings)
     site_models = tmp_path / "work" / "site" / "models" / "lung-nodule-phantom"
-    assert sorted(p.name for p in site_models.iterdir()) == ["0.1.0", "0.2.0", "0.3.0"]  # shipped + registered
-    manifest = yaml.safe_load((site_models / "0.3.0" / "manifest.yaml").read_text())
-    assert {"model.onnx", "model_card.md", "evaluation.json", "lineage.json"} == set(manifest["files"])
     repo_models = NOTEBOOKS.parent / "models" / "lung-nodule-phantom"
-    assert not (repo_models / "0.3.0").exists()  # tiny mode never registers into the repository
+    shipped = sorted((p.name for p in repo_models.iterdir() if (p / "manifest.yaml").is_file()), key=version_key)
+    registered = next_minor(shipped)
+    assert sorted((p.name for p in site_models.iterdir()), key=version_key) == [*shipped, registered]
+    manifest = yaml.safe_load((site_models / registered / "manifest.yaml").read_text())
+    assert {"model.onnx", "model_card.md", "evaluation.json", "lineage.json"} == set(manifest["files"])
+    assert not (repo_models / registered).exists()  # tiny mode never registers into the repository
     assert sum(timings.values()) < 600

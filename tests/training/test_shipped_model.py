@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import yaml
 
-from inference.manifest import PrecisionSpec, load_manifest
+from inference.manifest import Manifest, PrecisionSpec, load_manifest
 from inference.pipeline import detect_in_volume
 from inference.registry import LoadedModel, RegisteredModel, create_predictor
 from inference.runners.torch_predictor import TorchPredictor
@@ -57,10 +57,15 @@ def test_shipped_onnx_runs_with_dynamic_size(version: str) -> None:
     assert out.shape == x.shape and np.all(np.isfinite(out))
 
 
+def as_onnx(manifest: Manifest) -> Manifest:
+    """The same model folder run through its model.onnx by ONNX Runtime (fp32), whatever the manifest runs."""
+    return manifest.model_copy(update={"runtime": "onnx", "precision": PrecisionSpec(), "entrypoint": "model.onnx"})
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_onnx_and_pytorch_find_the_same_nodules_on_a_fixed_phantom(version: str) -> None:
     folder = SHIPPED / version
-    manifest = load_manifest(folder / "manifest.yaml")
+    manifest = as_onnx(load_manifest(folder / "manifest.yaml"))
     manifest = manifest.model_copy(update={"input": manifest.input.model_copy(update={"patch_size": (96, 160, 160)})})
     registered = RegisteredModel(manifest, folder)
     phantom = make_phantom(4, shape_kji=(80, 224, 224), spacing_ijk=(1.25, 1.25, 1.25), n_nodules=2,
@@ -89,11 +94,10 @@ def test_shipped_bundle_as_shipped_finds_what_its_onnx_finds(version: str) -> No
     shipped = load_manifest(folder / "manifest.yaml")
     patch = {"input": shipped.input.model_copy(update={"patch_size": (96, 160, 160)})}
     shipped = shipped.model_copy(update=patch)
-    as_onnx = shipped.model_copy(update={"runtime": "onnx", "precision": PrecisionSpec(), "entrypoint": "model.onnx"})
     phantom = make_phantom(5, shape_kji=(80, 224, 224), spacing_ijk=(1.25, 1.25, 1.25), n_nodules=3,
                            nodule_diameters_mm=[7.0, 11.0, 16.0], nodule_kinds=["solid", "part-solid", "solid"])
     found = {}
-    for name, manifest in (("shipped", shipped), ("onnx", as_onnx)):
+    for name, manifest in (("shipped", shipped), ("onnx", as_onnx(shipped))):
         registered = RegisteredModel(manifest, folder)
         runner = create_predictor(registered, threads=2, device="cpu")
         found[name] = detect_in_volume(phantom.volume, LoadedModel(manifest, registered.identity, runner))
