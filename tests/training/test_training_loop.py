@@ -17,10 +17,12 @@ from inference.registry import Registry
 from inference.runners.bundle_predictor import BundlePredictor
 from training.config import load_config
 from training.dataset import PatchSampler, build_cache
-from training.export import export_onnx, load_trained, sha256_file
+from training.export import export_model_folder, export_onnx, load_trained, sha256_file
 from training.train import LAST, train
+from training.warm_start import starting_network
 
-TINY = Path(__file__).resolve().parents[2] / "training" / "configs" / "tiny.yaml"
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "training" / "configs" / "tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +168,12 @@ def test_steps_override_extends_a_finished_run(tiny_run: tuple[Path, Path], tmp_
     train(TINY, run, resume=True, steps=done + 2)
     state = torch.load(run / LAST, weights_only=False)
     assert state["step"] == done + 2 and state["config"]["steps"] == done + 2
+
+
+def test_starting_from_a_folder_without_onnx_says_so(tmp_path: Path) -> None:
+    """Warm starts read a model folder's model.onnx; a TorchScript-only folder is refused in one sentence."""
+    shipped = yaml.safe_load((REPO / "models" / "lung-nodule-phantom" / "0.1.0" / "manifest.yaml").read_text())
+    folder = export_model_folder(NoduleNet((4, 8, 8)), tmp_path / "lung-nodule-phantom" / "0.1.0", "torchscript",
+                                 shipped)
+    with pytest.raises(ValueError, match="has no ONNX file"):
+        starting_network(folder, load_config(TINY))
