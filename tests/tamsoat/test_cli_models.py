@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tamsoat.cli import app
+from tamsoat.cli_training import shipped_model
 
 runner = CliRunner()
 SHIPPED = Path(__file__).resolve().parents[2] / "models" / "lung-nodule-phantom"
@@ -29,7 +30,7 @@ def test_show_prints_the_manifest(config: Path) -> None:
     result = runner.invoke(app, ["models", "show", "lung-nodule-phantom", "--json", "--config", str(config)])
     assert result.exit_code == 0, result.output
     shown = json.loads(result.output)
-    assert shown["id"] == "lung-nodule-phantom" and shown["version"] == "0.2.0"  # the newest
+    assert shown["id"] == "lung-nodule-phantom" and shown["version"] == shipped_model().name  # the newest
     assert shown["weights_sha256"] == shown["files"][shown["model_file"]]
     assert shown["runtime"] in ("onnx", "torchscript", "monai-bundle")
 
@@ -42,7 +43,7 @@ def test_show_unknown_model_is_one_sentence(config: Path) -> None:
 def test_verify_passes_then_names_the_changed_file(config: Path, tmp_path: Path) -> None:
     ok = runner.invoke(app, ["models", "verify", "--config", str(config)])
     assert ok.exit_code == 0, ok.output
-    assert "lung-nodule-phantom 0.1.0" in ok.output and "lung-nodule-phantom 0.2.0" in ok.output
+    assert "lung-nodule-phantom 0.1.0" in ok.output and f"lung-nodule-phantom {shipped_model().name}" in ok.output
     assert "match the manifest" in ok.output
     folder = tmp_path / "models" / "lung-nodule-phantom" / "0.1.0"
     onnx = folder / "model.onnx"

@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from inference.volume import Volume
 from tamsoat.app import create_app
+from tamsoat.cli_training import shipped_model
 from tamsoat.core import queue
 from tamsoat.core.db import Database
 from tamsoat.core.domain import JobKind, Role
@@ -30,12 +31,15 @@ from tests.review.seed import PASSWORD, csrf_of
 from training.finetune import export_candidate, finetune
 from training.froc import evaluate_models, phantom_cases
 from training.phantom import PhantomNodule, phantom_affine
+from training.register import next_minor
 from training.snapshot import read_snapshot
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "lung-nodule-phantom"
+CURRENT = shipped_model().name  # the newest shipped version, what the service runs
+NEW = next_minor([CURRENT])  # the version the researcher registers
 PATIENTS = [Identity("LE^THI MAI", "E2E-1", study_date="20230105"),
             Identity("LE^THI MAI", "E2E-1", study_date="20240110"),
             Identity("PHAN^VAN HAI", "E2E-2", study_date="20240301")]
@@ -92,7 +96,7 @@ def test_reviewed_studies_to_a_promoted_model_and_back(tmp_path: Path) -> None:
     csrf = csrf_of(page.get("/").text)
     for uid, truth in studies:
         detail = api.get(f"/api/v1/studies/{uid}", headers=tokens["rad"]).json()
-        assert detail["analysis"]["model_version"] == "0.2.0"
+        assert detail["analysis"]["model_version"] == CURRENT
         found = set()
         for f in detail["findings_detail"]:
             hit = next((n for n, t in enumerate(truth) if math.dist(f["center_mm"], t.center_mm) <= max(
@@ -121,32 +125,32 @@ def test_reviewed_studies_to_a_promoted_model_and_back(tmp_path: Path) -> None:
     run = tmp_path / "run"
     finetune(REPO / "training" / "configs" / "research_tiny.yaml", run, snapshot=snapshot.path, steps=2,
              log=lambda _m: None)
-    candidate = export_candidate(run, tmp_path / "candidate", model_id=MODEL, version="0.3.0-rc.1")
-    evaluation = evaluate_models({"current": models / MODEL / "0.2.0", "new": candidate},
+    candidate = export_candidate(run, tmp_path / "candidate", model_id=MODEL, version=f"{NEW}-rc.1")
+    evaluation = evaluate_models({"current": models / MODEL / CURRENT, "new": candidate},
                                  phantom_cases(1, tiny=True), description="1 tiny held-out phantom",
                                  log=lambda _m: None)
     assert set(evaluation["models"]) == {"current", "new"} and evaluation["models"]["new"]["cpm"] is not None
     (candidate / "evaluation.json").write_text(json.dumps(evaluation))
-    registered = register_version(db, settings, candidate, "0.3.0", "cli:res")
-    assert registered.directory == models / MODEL / "0.3.0"
+    registered = register_version(db, settings, candidate, NEW, "cli:res")
+    assert registered.directory == models / MODEL / NEW
     lineage = json.loads((registered.directory / "lineage.json").read_text())
-    assert lineage["snapshot"]["id"] == "e2e" and lineage["parent"]["version"] == "0.2.0"
-    assert api.get("/api/v1/models", headers=tokens["res"]).json()[0]["active_version"] == "0.2.0"  # pinned
+    assert lineage["snapshot"]["id"] == "e2e" and lineage["parent"]["version"] == CURRENT
+    assert api.get("/api/v1/models", headers=tokens["res"]).json()[0]["active_version"] == CURRENT  # pinned
 
     # 5. Shadow: the new version runs after the clinical analysis; its findings are never shown or reported.
-    assert api.put(f"/api/v1/models/{MODEL}/shadow", json={"version": "0.3.0"},
+    assert api.put(f"/api/v1/models/{MODEL}/shadow", json={"version": NEW},
                    headers=tokens["boss"]).status_code == 200
     uid, truth = new_study(10, Identity("VO^AN", "E2E-3"))
     assert _run(db, ctx, JobKind.ANALYZE_STUDY.value) == 1
     assert _run(db, ctx, JobKind.SHADOW_ANALYZE.value) == 1
     with db.session() as s:
         rows = s.scalars(select(Analysis).where(Analysis.study_instance_uid == uid).order_by(Analysis.id)).all()
-        assert [(a.role, a.model_version, a.current) for a in rows] == [("clinical", "0.2.0", True),
-                                                                      ("shadow", "0.3.0", False)]
+        assert [(a.role, a.model_version, a.current) for a in rows] == [("clinical", CURRENT, True),
+                                                                      ("shadow", NEW, False)]
         shadow_uids = {f.tracking_uid for f in rows[1].findings}
         shadow_ids = {f.id for f in rows[1].findings}
     detail = api.get(f"/api/v1/studies/{uid}", headers=tokens["rad"]).json()
-    assert detail["analysis"]["model_version"] == "0.2.0"
+    assert detail["analysis"]["model_version"] == CURRENT
     assert not {f["id"] for f in detail["findings_detail"]} & shadow_ids
     assert not {f["tracking_uid"] for f in detail["findings_detail"]} & shadow_uids
     viewer = page.get(f"/studies/{uid}/state")  # the radiologist's viewer and worklist show none of them either
@@ -164,23 +168,23 @@ def test_reviewed_studies_to_a_promoted_model_and_back(tmp_path: Path) -> None:
         sr_bytes = Path(sr.path).read_bytes()
     assert not any(u.encode() in sr_bytes for u in shadow_uids)
     report = api.get(f"/api/v1/models/{MODEL}/shadow-report", headers=tokens["res"]).json()
-    assert report["versions"][0]["version"] == "0.3.0" and report["versions"][0]["studies_compared"] == 1
+    assert report["versions"][0]["version"] == NEW and report["versions"][0]["studies_compared"] == 1
 
-    # 6. Promote: the next study is analysed by 0.3.0 (registered after the engine started); roll back.
-    assert api.post(f"/api/v1/models/{MODEL}/promote", json={"version": "0.3.0"},
+    # 6. Promote: the next study is analysed by NEW (registered after the engine started); roll back.
+    assert api.post(f"/api/v1/models/{MODEL}/promote", json={"version": NEW},
                     headers=tokens["res"]).status_code == 403
-    r = api.post(f"/api/v1/models/{MODEL}/promote", json={"version": "0.3.0"}, headers=tokens["boss"])
-    assert r.status_code == 200 and r.json()["previous_version"] == "0.2.0"
+    r = api.post(f"/api/v1/models/{MODEL}/promote", json={"version": NEW}, headers=tokens["boss"])
+    assert r.status_code == 200 and r.json()["previous_version"] == CURRENT
     uid2, _ = new_study(11, Identity("VO^AN", "E2E-3"))
     _run(db, ctx, JobKind.ANALYZE_STUDY.value)
     assert _run(db, ctx, JobKind.SHADOW_ANALYZE.value) == 0
     analysis = api.get(f"/api/v1/studies/{uid2}", headers=tokens["rad"]).json()["analysis"]
-    assert analysis["model_version"] == "0.3.0"
+    assert analysis["model_version"] == NEW
     assert analysis["weights_sha256"] == registered.manifest.weights_sha256
-    assert api.post(f"/api/v1/models/{MODEL}/rollback", headers=tokens["boss"]).json()["active_version"] == "0.2.0"
+    assert api.post(f"/api/v1/models/{MODEL}/rollback", headers=tokens["boss"]).json()["active_version"] == CURRENT
     uid3, _ = new_study(12, Identity("VO^AN", "E2E-3"))
     _run(db, ctx, JobKind.ANALYZE_STUDY.value)
-    assert api.get(f"/api/v1/studies/{uid3}", headers=tokens["rad"]).json()["analysis"]["model_version"] == "0.2.0"
+    assert api.get(f"/api/v1/studies/{uid3}", headers=tokens["rad"]).json()["analysis"]["model_version"] == CURRENT
     with db.session() as s:
         actions = [e.action for e in s.scalars(select(AuditEvent).order_by(AuditEvent.id))]
     for action in ("dataset.exported", "model.deployment_pinned", "model.registered", "model.shadow_set",
