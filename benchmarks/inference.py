@@ -104,14 +104,14 @@ def main(argv: list[str] | None = None) -> None:
 
     import yaml
 
-    from inference.manifest import version_key
+    from inference.registry import Registry
     from training.export import export_model_folder, load_trained
     from training.phantom import make_phantom
     from training.series import write_ct_series
     from training.warm_start import network_from_onnx
 
-    shipped_dir = args.model or max((p for p in MODELS.iterdir() if (p / "manifest.yaml").is_file()),
-                                    key=lambda p: version_key(p.name))
+    # The newest version, as the service picks it.
+    shipped_dir = args.model or Registry(MODELS.parent).get(MODELS.name).directory
     shipped = yaml.safe_load((shipped_dir / "manifest.yaml").read_text())
     with tempfile.TemporaryDirectory(prefix="tamsoat-bench-") as tmp:
         work = Path(tmp)

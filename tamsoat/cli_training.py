@@ -17,10 +17,9 @@ TARGETS = {"cpm": 0.90, "sens_ge_6mm": 0.95}
 
 def shipped_model() -> Path:
     """The default model folder: the newest shipped version (what the service runs by default)."""
-    from inference.manifest import version_key
+    from inference.registry import Registry
 
-    return max((p for p in SHIPPED_MODEL.iterdir() if (p / "manifest.yaml").is_file()),
-               key=lambda p: version_key(p.name))
+    return Registry(SHIPPED_MODEL.parent).get(SHIPPED_MODEL.name).directory
 
 
 def train(

@@ -18,6 +18,7 @@ from inference.runners.bundle_predictor import BundlePredictor
 from training.config import load_config
 from training.dataset import PatchSampler, build_cache
 from training.export import export_model_folder, export_onnx, load_trained, sha256_file
+from training.export import main as export_main
 from training.train import LAST, train
 from training.warm_start import starting_network
 
@@ -125,11 +126,15 @@ def test_export_as_a_bf16_bundle_runs_the_same_weights_untrusted(tiny_run: tuple
     assert np.max(np.abs(loaded.predictor.predict(x) - session.run(None, {"image": x})[0])) < 1e-3
 
 
-def test_export_refuses_bf16_for_onnx(tiny_run: tuple[Path, Path], tmp_path: Path) -> None:
+def test_export_refuses_bf16_for_onnx(tiny_run: tuple[Path, Path], tmp_path: Path,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
     _, best = tiny_run
     with pytest.raises(ValueError, match="bf16 needs runtime monai-bundle"):
         export_onnx(best, tmp_path / "m", model_id="x", version="0.0.1", cpu_precision="bf16")
     assert not (tmp_path / "m").exists()
+    with pytest.raises(SystemExit) as exited:  # the command line: exit code 2 and the sentence
+        export_main(["--checkpoint", str(best), "--out", str(tmp_path / "m"), "--cpu-precision", "bf16"])
+    assert exited.value.code == 2 and "bf16 needs runtime monai-bundle" in capsys.readouterr().err
 
 
 def test_training_can_start_from_a_model_folder(tiny_run: tuple[Path, Path], tmp_path: Path,
