@@ -1,8 +1,8 @@
 """One way in for every received instance, whatever carried it (DIMSE C-STORE or STOW-RS).
 
 :meth:`Ingestor.ingest` takes a data set exactly as received (bytes after the File Meta
-Information, in its transfer syntax), reads only the header up to the pixel data, checks the SOP
-class and UIDs, has the spool make it durable, hands it to the sink (the database row) and only
+Information, in its transfer syntax), reads only the header elements it needs
+(:mod:`dicom_gateway.header`), checks the SOP class and UIDs, has the spool make it durable, hands it to the sink (the database row) and only
 then returns. Anything that stops it raises :class:`IngestRefused` with the DICOM status to answer
 (the SCP puts it in the C-STORE response, STOW-RS in the FailureReason).
 
@@ -15,19 +15,14 @@ import errno
 import logging
 import time
 import traceback
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from io import BytesIO
 
 from pydicom.charset import convert_encodings, decode_bytes
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_dataset
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
 
 from dicom_gateway import metrics
 from dicom_gateway import status as st
+from dicom_gateway.header import WANTED, scan_header
 from dicom_gateway.spool import OutOfResourcesError, Spool, SpoolFullError
 from dicom_gateway.uids import InvalidUIDError, validate_uid
 
@@ -38,7 +33,6 @@ __all__ = [
     "InstanceSink",
     "Origin",
     "StoredInstance",
-    "read_header",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -53,23 +47,21 @@ DISPLAY_ATTRIBUTES: tuple[str, ...] = (
     "SeriesDescription",
 )
 
-# keyword -> (tag, VR); VRs are needed because an implicit VR data set does not carry them.
-_HEADER_TAGS: dict[str, tuple[int, str]] = {
-    "SpecificCharacterSet": (0x00080005, "CS"),
-    "SOPClassUID": (0x00080016, "UI"),
-    "SOPInstanceUID": (0x00080018, "UI"),
-    "StudyDate": (0x00080020, "DA"),
-    "AccessionNumber": (0x00080050, "SH"),
-    "Modality": (0x00080060, "CS"),
-    "StudyDescription": (0x00081030, "LO"),
-    "SeriesDescription": (0x0008103E, "LO"),
-    "PatientName": (0x00100010, "PN"),
-    "PatientID": (0x00100020, "LO"),
-    "StudyInstanceUID": (0x0020000D, "UI"),
-    "SeriesInstanceUID": (0x0020000E, "UI"),
+# keyword -> tag of what the gateway reads from every header (dicom_gateway.header.WANTED has the VRs)
+_TAGS: dict[str, int] = {
+    "SpecificCharacterSet": 0x00080005,
+    "SOPClassUID": 0x00080016,
+    "SOPInstanceUID": 0x00080018,
+    "StudyDate": 0x00080020,
+    "AccessionNumber": 0x00080050,
+    "Modality": 0x00080060,
+    "StudyDescription": 0x00081030,
+    "SeriesDescription": 0x0008103E,
+    "PatientName": 0x00100010,
+    "PatientID": 0x00100020,
+    "StudyInstanceUID": 0x0020000D,
+    "SeriesInstanceUID": 0x0020000E,
 }
-_SPECIFIC_TAGS: list[BaseTag | int] = [Tag(t) for t, _ in _HEADER_TAGS.values()]
-_PIXEL_GROUP = 0x7FE00000
 
 
 @dataclass(frozen=True)
@@ -123,55 +115,26 @@ class IngestRefused(Exception):
         self.comment = comment
 
 
-def read_header(encoded: bytes, transfer_syntax_uid: str) -> Dataset:
-    """Parse the data set up to the pixel data, keeping only the elements the gateway needs (as raw,
-    unconverted elements). Raises on a data set that cannot be decoded."""
-    ts = UID(transfer_syntax_uid)
-    data = encoded
-    if ts.is_deflated:
-        # Only the header is needed: inflate at most 16 MiB (a deflate bomb is never inflated whole).
-        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(encoded, 16 << 20)
-    return read_dataset(
-        BytesIO(data),
-        is_implicit_VR=ts.is_implicit_VR,
-        is_little_endian=ts.is_little_endian,
-        stop_when=lambda tag, vr, length: tag >= _PIXEL_GROUP,
-        specific_tags=_SPECIFIC_TAGS,
-    )
-
-
-def _raw_bytes(ds: Dataset, keyword: str) -> bytes | None:
-    tag = _HEADER_TAGS[keyword][0]
-    if tag not in ds:
-        return None
-    value = ds.get_item(tag).value  # raw bytes: nothing converted, nothing validated or logged
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value
-    return str(value).encode("latin-1", errors="replace")
-
-
-def _header_uid(ds: Dataset, keyword: str) -> str:
-    raw = _raw_bytes(ds, keyword)
+def _header_uid(header: dict[int, bytes], keyword: str) -> str:
+    raw = header.get(_TAGS[keyword])
     if raw is None:
         raise InvalidUIDError(keyword, "missing")
     return validate_uid(raw.decode("ascii", errors="replace"), keyword)
 
 
-def _display_attributes(ds: Dataset) -> dict[str, str]:
-    charset_raw = _raw_bytes(ds, "SpecificCharacterSet")
+def _display_attributes(header: dict[int, bytes]) -> dict[str, str]:
+    charset_raw = header.get(_TAGS["SpecificCharacterSet"])
     terms: list[str] = []
     if charset_raw:
-        terms = [t.strip() for t in charset_raw.decode("ascii", errors="replace").split("\\")]
+        terms = [t.strip() for t in charset_raw.decode("ascii", errors="replace").rstrip("\x00 ").split("\\")]
     encodings = convert_encodings(terms or None)
     out: dict[str, str] = {}
     for keyword in DISPLAY_ATTRIBUTES:
-        raw = _raw_bytes(ds, keyword)
+        raw = header.get(_TAGS[keyword])
         if not raw:
             out[keyword] = ""
             continue
-        vr = _HEADER_TAGS[keyword][1]
+        vr = WANTED[_TAGS[keyword]]
         delimiters = {0x5C, 0x3D, 0x5E} if vr == "PN" else {0x5C}
         text = decode_bytes(raw, encodings, delimiters) if vr in ("PN", "LO", "SH") else raw.decode(
             "ascii", errors="replace"
@@ -246,7 +209,7 @@ class Ingestor:
         expected_study: str | None,
     ) -> StoredInstance:
         try:
-            header = read_header(encoded, transfer_syntax)
+            header = scan_header(encoded, transfer_syntax)
         except Exception as exc:
             raise IngestRefused(st.UNDECODABLE, f"cannot decode data set: {type(exc).__name__}") from exc
 

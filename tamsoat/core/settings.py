@@ -64,6 +64,8 @@ class DicomSettings(BaseModel):
     port: int = Field(default=11112, ge=0, le=65535, description="0: any free port (tests)")
     max_pdu: int = Field(default=262144, ge=4096)
     max_associations: int = Field(default=16, ge=1)
+    max_dataset_bytes: int = Field(default=2 << 30, ge=1 << 20, description="a C-STORE data set larger than "
+                                   "this is refused with 0xA700 (it is read to its end and dropped)")
     extra_ae_titles: list[Annotated[str, Field(pattern=AE_TITLE_PATTERN)]] = Field(
         default_factory=list, description="further called AE titles the SCP answers to besides ae_title "
         "(routing rules may tell them apart); any other called AE title is rejected"

@@ -367,25 +367,6 @@ def test_stop_releases_the_port(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", port))
 
 
-def test_each_association_gets_its_own_contexts_without_copying_uids(running_scp: RunningSCP) -> None:
-    """pynetdicom deep-copies the supported contexts for every association: the copies must be
-    independent lists, but the (immutable) UIDs are shared, so the copy is cheap."""
-    import copy
-
-    server = running_scp.scp._server
-    assert server is not None
-    started = time.perf_counter()
-    copies = copy.deepcopy(server.contexts)
-    assert time.perf_counter() - started < 0.01  # ~20 ms when every UID was re-created and validated
-    assert len(copies) == len(server.contexts) > 100
-    original, clone = server.contexts[0], copies[0]
-    assert clone is not original and clone.transfer_syntax == original.transfer_syntax
-    assert clone.transfer_syntax[0] is original.transfer_syntax[0]
-    clone.add_transfer_syntax("1.2.840.10008.1.2.4.100")
-    assert "1.2.840.10008.1.2.4.100" not in original.transfer_syntax
-    assert echo_ok(running_scp.port)
-
-
 def test_max_associations_limits_concurrent_peers(tmp_path: Path) -> None:
     from dicom_gateway.scp import ScpTimeouts, StorageSCP
     from dicom_gateway.spool import Spool
@@ -409,8 +390,8 @@ def test_max_associations_limits_concurrent_peers(tmp_path: Path) -> None:
         finally:
             first.release()
         # The peer's release returns when its side is closed; our side's thread ends just after.
-        deadline = time.monotonic() + 2
-        while scp._server is not None and scp._server.active_associations and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10
+        while scp.active_associations and time.monotonic() < deadline:
             time.sleep(0.005)
         third = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
         assert third.is_established
