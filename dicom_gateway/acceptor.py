@@ -30,6 +30,7 @@ from typing import Protocol
 
 from dicom_gateway import upper_layer as ul
 from dicom_gateway.command_set import Command, command, parse_command
+from dicom_gateway.pdu_stream import PduStream
 from dicom_gateway.uids import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 
 __all__ = [
@@ -127,63 +128,6 @@ class AcceptorConfig:
     ssl_context: ssl.SSLContext | None = None
 
 
-class _Abort(Exception):
-    """End the association with an A-ABORT (source 2: service provider)."""
-
-    def __init__(self, reason: int, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-class _Connection:
-    def __init__(self, sock: socket.socket, address: str) -> None:
-        self.sock = sock
-        self.address = address
-        self._quickack = getattr(socket, "TCP_QUICKACK", None)
-
-    def _recv_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            if self._quickack is not None:
-                # Many senders write the command and the data set as separate small writes; with
-                # Nagle on their side and delayed ACKs on ours each instance would wait ~40 ms.
-                with contextlib.suppress(OSError):
-                    self.sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise ConnectionResetError("the peer closed the connection")
-            got += n
-
-    def read_pdu(self, limit: int) -> tuple[int, bytearray]:
-        header = bytearray(6)
-        self._recv_into(memoryview(header))
-        kind, length = header[0], int.from_bytes(header[2:6], "big")
-        if length > limit:
-            raise _Abort(ul.REASON_INVALID_PARAMETER, f"PDU 0x{kind:02X} of {length} bytes is over the limit {limit}")
-        body = bytearray(length)
-        self._recv_into(memoryview(body))
-        return kind, body
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def close(self, linger_s: float = 0.0) -> None:
-        """Close the connection. With ``linger_s``, first let the peer close it (PS3.8: after an
-        A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes, within the ARTIM timeout):
-        closing with its bytes unread would reset the connection and could destroy our last PDU
-        before the peer has read it."""
-        if linger_s > 0:
-            with contextlib.suppress(OSError, ValueError):
-                self.sock.shutdown(socket.SHUT_WR)
-                self.sock.settimeout(linger_s)
-                while self.sock.recv(65536):
-                    pass
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self.sock.close()
-
-
 class Acceptor:
     """Listens on ``(host, port)`` (port 0: a free one) and serves each association in a thread."""
 
@@ -195,7 +139,7 @@ class Acceptor:
         self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._active: dict[int, _Connection] = {}
+        self._active: dict[int, PduStream] = {}
         self._threads: dict[int, threading.Thread] = {}
         self._ids = itertools.count(1)
         self._stopping = False
@@ -265,12 +209,10 @@ class Acceptor:
     def _serve(self, number: int, sock: socket.socket, address: str) -> None:
         if address.startswith("::ffff:"):
             address = address[7:]
-        conn = _Connection(sock, address)
+        conn = PduStream(sock, address)
         counted = False
         assoc: Association | None = None
         try:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(self.config.acse_timeout)
             if self.config.ssl_context is not None:
                 try:
@@ -285,9 +227,9 @@ class Acceptor:
             assoc = self._establish(conn, counted)
             if assoc is None:
                 return
-            conn.sock.settimeout(self.config.network_timeout)
+            conn.settimeout(self.config.network_timeout)
             self._data_phase(conn, assoc)
-        except _Abort as exc:
+        except ul.PduError as exc:
             LOG.warning("dicom.assoc.protocol_error peer=%s reason=%d detail=%s", address, exc.reason, exc)
             with contextlib.suppress(OSError):
                 conn.send(ul.abort_pdu(0x02, exc.reason))
@@ -310,14 +252,11 @@ class Acceptor:
                 self._active.pop(number, None)
                 self._threads.pop(number, None)
 
-    def _establish(self, conn: _Connection, slot: bool) -> Association | None:
+    def _establish(self, conn: PduStream, slot: bool) -> Association | None:
         kind, body = conn.read_pdu(_ASSOCIATE_RQ_LIMIT)
         if kind != ul.A_ASSOCIATE_RQ:
-            raise _Abort(ul.REASON_UNEXPECTED_PDU, f"PDU 0x{kind:02X} before A-ASSOCIATE-RQ")
-        try:
-            rq = ul.parse_associate_rq(bytes(body))
-        except ul.PduError as exc:
-            raise _Abort(exc.reason, str(exc)) from exc
+            raise ul.PduError(ul.REASON_UNEXPECTED_PDU, f"PDU 0x{kind:02X} before A-ASSOCIATE-RQ")
+        rq = ul.parse_associate_rq(bytes(body))
         rejection: Rejection | None = None
         if not rq.protocol_version & 0x0001:
             rejection = _PROTOCOL_VERSION
@@ -366,7 +305,7 @@ class Acceptor:
                 roles[uid] = (scu and may_scu, scp and may_scp)
         return answers, roles
 
-    def _data_phase(self, conn: _Connection, assoc: Association) -> None:
+    def _data_phase(self, conn: PduStream, assoc: Association) -> None:
         limit = self.config.max_pdu
         command_parts: list[memoryview] = []
         data_parts: list[memoryview] = []
@@ -375,17 +314,14 @@ class Acceptor:
         while True:
             kind, body = conn.read_pdu(limit)
             if kind == ul.P_DATA_TF:
-                try:
-                    items = list(ul.pdvs(memoryview(body)))
-                except ul.PduError as exc:
-                    raise _Abort(exc.reason, str(exc)) from exc
+                items = list(ul.pdvs(memoryview(body)))
                 for context_id, control, value in items:
                     context = assoc.contexts.get(context_id)
                     if context is None:
-                        raise _Abort(ul.REASON_INVALID_PARAMETER, f"PDV on context {context_id}, not accepted")
+                        raise ul.PduError(ul.REASON_INVALID_PARAMETER, f"PDV on context {context_id}, not accepted")
                     if control & 0x01:
                         if pending is not None:
-                            raise _Abort(ul.REASON_UNEXPECTED_PARAMETER, "a command began before the data set ended")
+                            raise ul.PduError(ul.REASON_UNEXPECTED_PARAMETER, "a command before the data set ended")
                         command_parts.append(value)
                         if control & 0x02:
                             cmd = self._command(command_parts)
@@ -396,7 +332,7 @@ class Acceptor:
                                 pending, data_size = (context, cmd), 0
                     else:
                         if pending is None or pending[0].id != context_id:
-                            raise _Abort(ul.REASON_UNEXPECTED_PARAMETER, "a data set fragment without its command")
+                            raise ul.PduError(ul.REASON_UNEXPECTED_PARAMETER, "a data set fragment without its command")
                         data_size += len(value)
                         if data_size <= self.config.max_dataset_bytes:
                             data_parts.append(value)
@@ -416,21 +352,21 @@ class Acceptor:
                 self.services.aborted(assoc)
                 return
             elif kind in (ul.A_ASSOCIATE_RQ, ul.A_ASSOCIATE_AC, ul.A_ASSOCIATE_RJ, ul.A_RELEASE_RP):
-                raise _Abort(ul.REASON_UNEXPECTED_PDU, f"PDU 0x{kind:02X} during data transfer")
+                raise ul.PduError(ul.REASON_UNEXPECTED_PDU, f"PDU 0x{kind:02X} during data transfer")
             else:
-                raise _Abort(ul.REASON_UNRECOGNIZED_PDU, f"unknown PDU type 0x{kind:02X}")
+                raise ul.PduError(ul.REASON_UNRECOGNIZED_PDU, f"unknown PDU type 0x{kind:02X}")
 
     @staticmethod
     def _command(parts: list[memoryview]) -> Command:
         try:
             cmd = parse_command(b"".join(parts))
         except ValueError as exc:
-            raise _Abort(ul.REASON_INVALID_PARAMETER, f"command set: {exc}") from exc
+            raise ul.PduError(ul.REASON_INVALID_PARAMETER, f"command set: {exc}") from exc
         if cmd.us(COMMAND_FIELD) is None or cmd.us(MESSAGE_ID) is None:
-            raise _Abort(ul.REASON_INVALID_PARAMETER, "command set without Command Field or Message ID")
+            raise ul.PduError(ul.REASON_INVALID_PARAMETER, "command set without Command Field or Message ID")
         return cmd
 
-    def _dispatch(self, conn: _Connection, assoc: Association, context: Presentation, cmd: Command,
+    def _dispatch(self, conn: PduStream, assoc: Association, context: Presentation, cmd: Command,
                   data: bytes | None, oversized: bool = False) -> None:
         field_ = cmd.us(COMMAND_FIELD)
         message_id = cmd.us(MESSAGE_ID)

@@ -17,7 +17,7 @@ import zlib
 
 from pydicom.uid import UID
 
-__all__ = ["WANTED", "HeaderError", "scan_header"]
+__all__ = ["WANTED", "HeaderError", "scan_file_meta", "scan_header"]
 
 # tag -> VR (an implicit VR data set does not carry them)
 WANTED: dict[int, str] = {
@@ -87,16 +87,20 @@ class _Reader:
                 continue
             pos = value
             while True:  # the item's data set, up to its Item Delimitation Item
-                tag, _, length, value = self.element(pos)
+                tag, vr, length, value = self.element(pos)
                 if tag == _ITEM_END:
                     pos = value
                     break
-                pos = self.skip_value(tag, length, value, depth + 1)
+                pos = self.skip_value(vr, length, value, depth + 1)
 
-    def skip_value(self, tag: int, length: int, value: int, depth: int) -> int:
-        if length == _UNDEFINED:
-            return self.skip_undefined(value, depth)
-        return self._within(value, length)
+    def skip_value(self, vr: bytes | None, length: int, value: int, depth: int) -> int:
+        if length != _UNDEFINED:
+            return self._within(value, length)
+        if vr == b"UN" and not self.implicit:
+            # A sequence of undefined length whose VR was unknown to its writer: its items are
+            # Implicit VR Little Endian whatever the transfer syntax (PS3.5 6.2.2).
+            return _Reader(self.data, implicit=True, little=True).skip_undefined(value, depth)
+        return self.skip_undefined(value, depth)
 
     def _within(self, value: int, length: int) -> int:
         end = value + length
@@ -119,15 +123,39 @@ def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]:
     found: dict[int, bytes] = {}
     pos = 0
     while pos < len(data):
-        tag, _, length, value = reader.element(pos)
+        tag, vr, length, value = reader.element(pos)
         if tag > _LAST:
             break
         if tag in WANTED:
             if length == _UNDEFINED:
                 raise HeaderError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) has an undefined length")
-            end = reader.skip_value(tag, length, value, 0)
+            end = reader.skip_value(vr, length, value, 0)
             found[tag] = data[value:end]
             pos = end
         else:
-            pos = reader.skip_value(tag, length, value, 0)
+            pos = reader.skip_value(vr, length, value, 0)
     return found
+
+
+def scan_file_meta(head: bytes) -> tuple[dict[int, bytes], int]:
+    """The File Meta Information of a Part-10 file from its first bytes: (tag -> raw value of every
+    group 0002 element, offset where the data set starts). The group must start with its Group
+    Length (0002,0000), as PS3.10 requires, and ``head`` must hold all of it."""
+    if len(head) < 144 or head[128:132] != b"DICM":
+        raise HeaderError("not a DICOM Part-10 file (no DICM prefix)")
+    if head[132:138] != b"\x02\x00\x00\x00UL":
+        raise HeaderError("the File Meta Information does not start with its group length")
+    end = 144 + int.from_bytes(head[140:144], "little")
+    if end > len(head):
+        raise HeaderError("the File Meta Information is longer than the bytes read")
+    meta = head[:end]
+    reader = _Reader(meta, implicit=False, little=True)
+    found: dict[int, bytes] = {}
+    pos = 144
+    while pos < end:
+        tag, _, length, value = reader.element(pos)
+        if tag >> 16 != 0x0002 or length == _UNDEFINED:
+            raise HeaderError("a malformed File Meta Information element")
+        pos = reader.skip_value(None, length, value, 0)
+        found[tag] = meta[value:pos]
+    return found, end

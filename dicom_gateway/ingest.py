@@ -2,9 +2,10 @@
 
 :meth:`Ingestor.ingest` takes a data set exactly as received (bytes after the File Meta
 Information, in its transfer syntax), reads only the header elements it needs
-(:mod:`dicom_gateway.header`), checks the SOP class and UIDs, has the spool make it durable, hands it to the sink (the database row) and only
-then returns. Anything that stops it raises :class:`IngestRefused` with the DICOM status to answer
-(the SCP puts it in the C-STORE response, STOW-RS in the FailureReason).
+(:mod:`dicom_gateway.header`), checks the SOP class and UIDs, has the spool make it durable, hands
+it to the sink (the database row) and only then returns. Anything that stops it raises
+:class:`IngestRefused` with the DICOM status to answer (the SCP puts it in the C-STORE response,
+STOW-RS in the FailureReason).
 
 Logs carry event names, UIDs, AE titles and addresses; never patient names, IDs or birth dates.
 """

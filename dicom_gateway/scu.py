@@ -1,10 +1,14 @@
-"""The sending side: C-STORE of Part-10 files to a destination (PACS), and C-ECHO.
+"""The sending side: C-STORE of Part-10 files to a destination (PACS), and C-ECHO, on our own
+requestor (:mod:`dicom_gateway.requestor`).
 
-Files are sent exactly as stored (the data set bytes after the File Meta Information are streamed
-without decoding) when the peer accepts the file's own transfer syntax. For an uncompressed
-little-endian file the other little-endian syntax is proposed as a fallback, and the file is then
-decoded and re-encoded by pynetdicom. Every status is classified with
-:func:`dicom_gateway.status.classify_store_status` into success / retry / dead.
+Files are sent exactly as stored (the data set bytes after the File Meta Information, without
+decoding) when the peer accepts the file's own transfer syntax. For an uncompressed little-endian
+file the other little-endian syntax is proposed as a fallback, and the file is then decoded and
+re-encoded. Every status is classified with :func:`dicom_gateway.status.classify_store_status`
+into success / retry / dead.
+
+``_make_ae``, ``_associate`` and ``_not_established`` set up the pynetdicom associations of
+query/retrieve and storage commitment with the same timeouts and TLS.
 
 Timeouts (connect, ACSE, DIMSE, network) are always set, so a dead peer never hangs a worker.
 """
@@ -13,19 +17,23 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
 from pydicom import dcmread
-from pydicom.dataset import Dataset
-from pydicom.filereader import read_file_meta_info
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, evt
+from pynetdicom import AE, evt
 from pynetdicom.association import Association
 
+from dicom_gateway.header import scan_file_meta
 from dicom_gateway.net import tune_connection
 from dicom_gateway.pynetdicom_tuning import install as tune_pynetdicom
+from dicom_gateway.requestor import AssociationError, Requestor, RequestorTimeouts
 from dicom_gateway.status import Outcome, classify_store_status
 from dicom_gateway.tls import client_context
 from dicom_gateway.uids import validate_uid
@@ -76,6 +84,7 @@ class _File:
     sop_class_uid: str
     sop_instance_uid: str
     transfer_syntax_uid: str
+    dataset_offset: int
 
     @property
     def key(self) -> tuple[str, str]:
@@ -141,16 +150,20 @@ def _batches(files: list[_File]) -> list[tuple[list[tuple[str, str]], list[_File
     return batches
 
 
+_META_READ = 8192  # a File Meta Information is a few hundred bytes
+
+
 def _read_meta(index: int, path: Path) -> _File:
-    meta = read_file_meta_info(path)
+    with path.open("rb") as fh:
+        meta, offset = scan_file_meta(fh.read(_META_READ))
+
+    def uid(tag: int, name: str) -> str:
+        return validate_uid(meta.get(tag, b"").decode("ascii", errors="replace"), name)
+
     return _File(
-        index=index,
-        path=path,
-        sop_class_uid=validate_uid(str(meta.get("MediaStorageSOPClassUID", "")), "MediaStorageSOPClassUID"),
-        sop_instance_uid=validate_uid(
-            str(meta.get("MediaStorageSOPInstanceUID", "")), "MediaStorageSOPInstanceUID"
-        ),
-        transfer_syntax_uid=validate_uid(str(meta.get("TransferSyntaxUID", "")), "TransferSyntaxUID"),
+        index=index, path=path, sop_class_uid=uid(0x00020002, "MediaStorageSOPClassUID"),
+        sop_instance_uid=uid(0x00020003, "MediaStorageSOPInstanceUID"),
+        transfer_syntax_uid=uid(0x00020010, "TransferSyntaxUID"), dataset_offset=offset,
     )
 
 
@@ -195,106 +208,113 @@ def _send_batch(
     timeouts: ScuTimeouts,
     tls_config: DicomTLS | None = None,
 ) -> list[tuple[int, SendResult]]:
-    ae = _make_ae(calling_ae, timeouts)
-    for sop_class, tsyntax in contexts:
-        ae.add_requested_context(sop_class, [tsyntax])
-
-    # Stream files without decoding them (affects only sends given a path, i.e. ours).
-    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        requestor = _open(destination, calling_ae, contexts, timeouts, tls_config)
+    except AssociationError as exc:
+        LOG.warning("dicom.send.not_associated destination=%s reason=%s", destination.name, exc)
+        return [(f.index, SendResult(f.path, None, "retry", str(exc))) for f in files]
 
     out: list[tuple[int, SendResult]] = []
-    try:
-        assoc = _associate(ae, destination, tls_config)
-    except Exception as exc:  # e.g. a host name that does not resolve, an unreadable certificate
-        message = f"could not associate: {type(exc).__name__}: {exc}"
-        LOG.warning("dicom.send.associate_failed destination=%s error=%s", destination.name, message)
-        return [(f.index, SendResult(f.path, None, "retry", message)) for f in files]
-
-    if not assoc.is_established:
-        message = _not_established(assoc)
-        LOG.warning("dicom.send.not_associated destination=%s reason=%s", destination.name, message)
-        return [(f.index, SendResult(f.path, None, "retry", message)) for f in files]
-
-    try:
-        accepted = {(str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in assoc.accepted_contexts}
-        msg_id = 0
-        for f in files:
-            if not assoc.is_established:
+    sendable: list[tuple[_File, str]] = []
+    for f in files:
+        syntax = f.transfer_syntax_uid if f.key in requestor.accepted else next(
+            (ts for sop, ts in _contexts_for(f) if (sop, ts) in requestor.accepted), None)
+        if syntax is None:
+            message = "peer accepted no presentation context for this SOP class / transfer syntax"
+            LOG.error("dicom.send.no_context sop=%s destination=%s", f.sop_instance_uid, destination.name)
+            out.append((f.index, SendResult(f.path, None, "dead", message)))
+        else:
+            sendable.append((f, syntax))
+    # The next file is read while the peer stores this one (at most two data sets in memory).
+    with requestor, ThreadPoolExecutor(max_workers=1, thread_name_prefix="tamsoat-send-read") as reader:
+        upcoming = reader.submit(_data_set, *sendable[0]) if sendable else None
+        for i, (f, syntax) in enumerate(sendable):
+            data, upcoming = upcoming, (reader.submit(_data_set, *sendable[i + 1]) if i + 1 < len(sendable) else None)
+            assert data is not None
+            if not requestor.is_open:
                 out.append((f.index, SendResult(f.path, None, "retry", "association ended before sending")))
                 continue
-            msg_id = msg_id % 65535 + 1
-            if f.key in accepted:
-                out.append((f.index, _send_one(assoc, f, False, msg_id, destination)))
-            elif any(cx in accepted for cx in _contexts_for(f)):
-                out.append((f.index, _send_one(assoc, f, True, msg_id, destination)))
-            else:
-                message = "peer accepted no presentation context for this SOP class / transfer syntax"
-                LOG.error("dicom.send.no_context sop=%s destination=%s", f.sop_instance_uid, destination.name)
-                out.append((f.index, SendResult(f.path, None, "dead", message)))
-    finally:
-        if assoc.is_established:
-            assoc.release()
+            out.append((f.index, _send_one(requestor, f, syntax, data, destination)))
     return out
 
 
-def _send_one(assoc: Association, f: _File, convert: bool, msg_id: int, destination: Destination) -> SendResult:
-    """Send one file: streamed as stored, or (``convert``) decoded so pynetdicom re-encodes it in the
-    accepted little-endian transfer syntax."""
+def _open(destination: Destination, calling_ae: str, contexts: list[tuple[str, str]], timeouts: ScuTimeouts,
+          tls_config: DicomTLS | None) -> Requestor:
     try:
-        to_send: Path | Dataset = dcmread(f.path) if convert else f.path
-        rsp = assoc.send_c_store(to_send, msg_id=msg_id)
+        ssl_context = client_context(tls_config) if destination.tls else None
+    except (OSError, ValueError) as exc:  # an unreadable certificate or key
+        raise AssociationError(f"could not associate: {type(exc).__name__}: {exc}") from exc
+    return Requestor.open(
+        destination.host, destination.port, calling_ae_title=calling_ae, called_ae_title=destination.ae_title,
+        contexts=contexts, ssl_context=ssl_context,
+        timeouts=RequestorTimeouts(connect=timeouts.connect, acse=timeouts.acse, dimse=timeouts.dimse),
+    )
+
+
+def _data_set(f: _File, syntax: str) -> bytes:
+    """The file's data set bytes in ``syntax``: as stored when it is the file's own, else decoded and
+    re-encoded (only between the two uncompressed little-endian syntaxes)."""
+    raw = f.path.read_bytes()
+    if syntax == f.transfer_syntax_uid:
+        return raw[f.dataset_offset:]
+    ds = dcmread(BytesIO(raw))
+    buf = DicomBytesIO()
+    buf.is_little_endian = True
+    buf.is_implicit_VR = syntax == ImplicitVRLittleEndian
+    write_dataset(buf, ds)
+    return buf.getvalue()
+
+
+def _send_one(requestor: Requestor, f: _File, syntax: str, reading: Future[bytes],
+              destination: Destination) -> SendResult:
+    """Send one file in ``syntax`` (its own, or the accepted other little-endian one), once
+    ``reading`` (:func:`_data_set`) has its bytes."""
+    try:
+        data = reading.result()
     except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
         LOG.error("dicom.send.unreadable sop=%s error=%s", f.sop_instance_uid, type(exc).__name__)
         return SendResult(f.path, None, "dead", f"cannot read the file: {type(exc).__name__}: {exc}")
-    except (OSError, RuntimeError) as exc:
-        LOG.warning("dicom.send.error sop=%s error=%s", f.sop_instance_uid, type(exc).__name__)
-        return SendResult(f.path, None, "retry", f"send failed: {type(exc).__name__}: {exc}")
     except Exception as exc:
         LOG.error("dicom.send.error sop=%s error=%s", f.sop_instance_uid, type(exc).__name__)
         return SendResult(f.path, None, "dead", f"cannot send the file: {type(exc).__name__}: {exc}")
+    try:
+        rsp = requestor.c_store(requestor.accepted[(f.sop_class_uid, syntax)], f.sop_class_uid,
+                                f.sop_instance_uid, data)
+    except AssociationError as exc:
+        LOG.warning("dicom.send.error sop=%s error=%s", f.sop_instance_uid, exc)
+        return SendResult(f.path, None, "retry", f"send failed: {exc}")
 
-    status = int(rsp.Status) if "Status" in rsp else None
-    comment = str(rsp.get("ErrorComment", "") or "") if status is not None else None
+    status = rsp.us(0x0900)
+    comment = rsp.get(0x0902, b"").decode("ascii", errors="replace").rstrip("\x00 ") if status is not None else None
     verdict = classify_store_status(status, comment)
     if verdict.outcome == "success" and not verdict.warning:
         LOG.info("dicom.send.ok sop=%s destination=%s", f.sop_instance_uid, destination.name)
     elif verdict.outcome == "success":
-        LOG.warning(
-            "dicom.send.warning sop=%s destination=%s reason=%s",
-            f.sop_instance_uid,
-            destination.name,
-            verdict.reason,
-        )
+        LOG.warning("dicom.send.warning sop=%s destination=%s reason=%s", f.sop_instance_uid, destination.name,
+                    verdict.reason)
     else:
-        LOG.warning(
-            "dicom.send.failed sop=%s destination=%s outcome=%s reason=%s",
-            f.sop_instance_uid,
-            destination.name,
-            verdict.outcome,
-            verdict.reason,
-        )
+        LOG.warning("dicom.send.failed sop=%s destination=%s outcome=%s reason=%s", f.sop_instance_uid,
+                    destination.name, verdict.outcome, verdict.reason)
     return SendResult(f.path, status, verdict.outcome, verdict.reason)
 
 
 def echo(destination: Destination, calling_ae: str, *, timeouts: ScuTimeouts | None = None,
          tls_config: DicomTLS | None = None) -> EchoResult:
     """C-ECHO ``destination``; never raises for a peer or network problem."""
-    ae = _make_ae(calling_ae, timeouts or ScuTimeouts())
-    ae.add_requested_context(VERIFICATION_SOP_CLASS)
     try:
-        assoc = _associate(ae, destination, tls_config)
-    except Exception as exc:
-        return EchoResult(False, f"could not associate: {type(exc).__name__}: {exc}")
-    if not assoc.is_established:
-        return EchoResult(False, _not_established(assoc))
-    try:
-        rsp = assoc.send_c_echo()
-    finally:
-        if assoc.is_established:
-            assoc.release()
-    if "Status" not in rsp:
-        return EchoResult(False, "no C-ECHO response (timeout or abort)")
-    status = int(rsp.Status)
+        requestor = _open(destination, calling_ae, [(VERIFICATION_SOP_CLASS, ImplicitVRLittleEndian)],
+                          timeouts or ScuTimeouts(), tls_config)
+    except AssociationError as exc:
+        return EchoResult(False, str(exc))
+    with requestor:
+        context = requestor.accepted.get((VERIFICATION_SOP_CLASS, ImplicitVRLittleEndian))
+        if context is None:
+            return EchoResult(False, "the peer does not accept Verification")
+        try:
+            rsp = requestor.c_echo(context)
+        except AssociationError as exc:
+            return EchoResult(False, f"no C-ECHO response: {exc}")
+    status = rsp.us(0x0900)
     if status == 0x0000:
         return EchoResult(True, "success", status)
-    return EchoResult(False, f"C-ECHO status 0x{status:04X}", status)
+    return EchoResult(False, f"C-ECHO status 0x{status or 0:04X}", status)

@@ -68,6 +68,9 @@ INDEX_DIR = ".index"
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_INDEX_LINE = re.compile(
+    r"(?P<version>[1-9][0-9]*) (?P<sha256>[0-9a-f]{64}) (?P<size>[0-9]+) (?P<path>[0-9.]+/[0-9.]+/\S+)"
+)
 
 
 class OutOfResourcesError(Exception):
@@ -153,12 +156,24 @@ def part10_header(
     return PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write every byte of ``data`` to ``fd`` (``os.write`` may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
+def _write_chunks(fd: int, chunks: tuple[bytes, ...]) -> int:
+    """Write every byte of ``chunks`` to ``fd``, in order, in one system call when the kernel takes
+    them all at once (it may write less than asked). Returns the number of bytes."""
+    size = sum(len(c) for c in chunks)
+    done = os.writev(fd, chunks)
+    if done < size:
+        view = memoryview(b"".join(chunks))[done:]
+        while view:
+            view = view[os.write(fd, view):]
+    return size
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -169,19 +184,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs(base: Path, parts: tuple[str, ...], fsync: bool) -> None:
-    """Create ``base/parts...`` level by level, fsyncing each parent that got a new entry."""
+def _make_dirs(base: Path, parts: tuple[str, ...], fsync: bool, fsync_existing: bool = False) -> None:
+    """Create ``base/parts...`` level by level, fsyncing each parent that got a new entry; with
+    ``fsync_existing`` also the parents of directories that were there already (their entry may be
+    one whose fsync failed, by another attempt or before a restart)."""
     current = base
     for part in parts:
         child = current / part
+        created = False
         if not child.is_dir():
             try:
                 child.mkdir(mode=_DIR_MODE)
+                created = True
             except FileExistsError:
                 pass
-            else:
-                if fsync:
-                    _fsync_dir(current)
+        if fsync and (created or fsync_existing):
+            _fsync_dir(current)
         current = child
 
 
@@ -193,10 +211,7 @@ def _write_atomic(target: Path, chunks: tuple[bytes, ...], fsync: bool) -> int:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:
         try:
-            size = 0
-            for chunk in chunks:
-                _write_all(fd, chunk)
-                size += len(chunk)
+            size = _write_chunks(fd, chunks)
             if fsync:
                 os.fsync(fd)
         finally:
@@ -324,6 +339,11 @@ class Spool:
                     # A file the index does not list (the index was lost): the file wins.
                     entries.append(_IndexEntry(version, found, (self.root / rel).stat().st_size, rel))
                     if found == digest:
+                        if self.fsync:
+                            # Maybe left by an attempt whose directory fsync failed (that attempt was
+                            # refused): make it durable before it is acknowledged as a duplicate.
+                            _fsync_file(self.root / rel)
+                            _fsync_dir((self.root / rel).parent)
                         self._write_index(index_dir / sop, entries)
                         LOG.warning("spool.reindexed sop=%s version=%d", sop, version)
                         return SpooledFile(rel, digest, entries[-1].size, True, version)
@@ -394,29 +414,48 @@ class Spool:
     @staticmethod
     def _read_index(path: Path) -> list[_IndexEntry]:
         try:
-            text = path.read_text(encoding="ascii")
+            text = path.read_bytes().decode("ascii", errors="replace")
         except FileNotFoundError:
             return []
         entries = []
-        for line in text.splitlines():
-            fields = line.split(" ")
-            if len(fields) != 4:
+        sop = path.name
+        for line in text.split("\n")[:-1]:  # a last line without its newline was cut short: ignored
+            m = _INDEX_LINE.fullmatch(line)
+            if m is None:
                 continue
-            version, digest, size, rel = fields
-            entries.append(_IndexEntry(int(version), digest, int(size), rel))
+            version, rel = int(m["version"]), m["path"]
+            if not rel.endswith(f"/{sop}.dcm" if version == 1 else f"/{sop}.v{version}.dcm"):
+                continue
+            entries.append(_IndexEntry(version, m["sha256"], int(m["size"]), rel))
         return entries
 
     def _write_index(self, path: Path, entries: list[_IndexEntry]) -> None:
-        # No fsync: the index is a cache of the data files (see the module docstring).
-        text = "".join(f"{e.version} {e.sha256} {e.size} {e.path_relative}\n" for e in entries)
-        _write_atomic(path, (text.encode("ascii"),), False)
+        # No fsync: the index is a cache of the data files (see the module docstring). A new SOP's
+        # index is written in place (one file creation instead of two, and no rename): a write cut
+        # short leaves a line that _read_index ignores, and the data files then decide.
+        text = "".join(f"{e.version} {e.sha256} {e.size} {e.path_relative}\n" for e in entries).encode("ascii")
+        if len(entries) == 1:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
+            except FileExistsError:
+                pass
+            else:
+                try:
+                    _write_chunks(fd, (text,))
+                except BaseException:
+                    os.close(fd)
+                    path.unlink(missing_ok=True)
+                    raise
+                os.close(fd)
+                return
+        _write_atomic(path, (text,), False)
 
     def _ensure_dirs(self, parts: tuple[str, ...]) -> None:
         """``_make_dirs`` under the root, remembering which directories exist (saves syscalls)."""
         key = "/".join(parts)
         if key in self._dirs:
             return
-        _make_dirs(self.root, parts, self.fsync)
+        _make_dirs(self.root, parts, self.fsync, fsync_existing=True)  # once per directory and process
         with self._dirs_lock:
             if len(self._dirs) > 100_000:
                 self._dirs.clear()

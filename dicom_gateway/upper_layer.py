@@ -1,9 +1,12 @@
-"""The DICOM Upper Layer protocol's PDUs (PS3.8 section 9), as the acceptor reads and writes them.
+"""The DICOM Upper Layer protocol's PDUs (PS3.8 section 9), as our acceptor and requestor read and
+write them.
 
-Only what an association acceptor needs: decoding A-ASSOCIATE-RQ (with its presentation contexts
-and user information) and the PDV items of P-DATA-TF, encoding A-ASSOCIATE-AC/RJ, P-DATA-TF,
-A-RELEASE-RP and A-ABORT. Everything a peer sends is checked against the lengths it declares; a
-malformed PDU raises :class:`PduError` with the A-ABORT reason to answer.
+The acceptor (:mod:`dicom_gateway.acceptor`) decodes A-ASSOCIATE-RQ (with its presentation contexts
+and user information) and encodes A-ASSOCIATE-AC/RJ and A-RELEASE-RP; the requestor
+(:mod:`dicom_gateway.requestor`) encodes A-ASSOCIATE-RQ and A-RELEASE-RQ and decodes
+A-ASSOCIATE-AC/RJ; both read and write P-DATA-TF and A-ABORT. Everything a peer sends is checked
+against the lengths it declares; a malformed PDU raises :class:`PduError` with the A-ABORT reason
+to answer.
 """
 
 from __future__ import annotations
@@ -21,14 +24,18 @@ __all__ = [
     "A_RELEASE_RP",
     "A_RELEASE_RQ",
     "P_DATA_TF",
+    "RELEASE_RQ",
     "AcceptedContext",
+    "AssociateAccept",
     "AssociateRequest",
     "PduError",
     "ProposedContext",
     "abort_pdu",
     "associate_ac",
     "associate_rj",
+    "associate_rq",
     "p_data_pdus",
+    "parse_associate_ac",
     "parse_associate_rq",
     "pdvs",
 ]
@@ -42,6 +49,7 @@ A_RELEASE_RP = 0x06
 A_ABORT = 0x07
 
 APPLICATION_CONTEXT = "1.2.840.10008.3.1.1.1"
+_IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
 
 # A-ABORT reasons (PS3.8 9.3.8), source 2 = DICOM UL service-provider.
 REASON_UNRECOGNIZED_PDU = 0x01
@@ -131,7 +139,9 @@ def _presentation_context(value: memoryview) -> ProposedContext:
 
 def _user_information(value: memoryview, rq: AssociateRequest) -> None:
     for kind, sub in _items(value, "user information"):
-        if kind == 0x51 and len(sub) == 4:
+        if kind == 0x51:
+            if len(sub) != 4:
+                raise PduError(REASON_INVALID_PARAMETER, "maximum length item with a wrong length")
             rq.max_pdu = struct.unpack(">L", sub)[0]
         elif kind == 0x52:
             rq.implementation_class_uid = _text(bytes(sub))
@@ -190,7 +200,8 @@ def associate_ac(
     requestor may be SCU, SCP), answered only for those the requestor proposed."""
     items = [_item(0x10, _uid(APPLICATION_CONTEXT))]
     for answer in answers:
-        syntax = _item(0x40, _uid(answer.transfer_syntax)) if answer.result == 0 else b""
+        # One Transfer Syntax sub-item whatever the result (PS3.8 9.3.3.2); not significant unless accepted.
+        syntax = _item(0x40, _uid(answer.transfer_syntax or _IMPLICIT_VR_LITTLE_ENDIAN))
         items.append(_item(0x21, bytes((answer.id, 0, answer.result, 0)) + syntax))
     user = [
         _item(0x51, struct.pack(">L", max_pdu)),
@@ -215,6 +226,64 @@ def abort_pdu(source: int = 0x02, reason: int = 0x00) -> bytes:
 
 
 RELEASE_RP = _HEADER.pack(A_RELEASE_RP, 0, 4) + b"\x00" * 4
+RELEASE_RQ = _HEADER.pack(A_RELEASE_RQ, 0, 4) + b"\x00" * 4
+
+
+def _ae(title: str) -> bytes:
+    return title.encode("ascii", errors="replace")[:16].ljust(16, b" ")
+
+
+def associate_rq(
+    *,
+    called_ae_title: str,
+    calling_ae_title: str,
+    contexts: list[ProposedContext],
+    max_pdu: int,
+    implementation_class_uid: str,
+    implementation_version_name: str,
+) -> bytes:
+    """An A-ASSOCIATE-RQ proposing ``contexts`` (odd IDs, at most 128)."""
+    items = [_item(0x10, _uid(APPLICATION_CONTEXT))]
+    for cx in contexts:
+        sub = _item(0x30, _uid(cx.abstract_syntax)) + b"".join(_item(0x40, _uid(ts)) for ts in cx.transfer_syntaxes)
+        items.append(_item(0x20, bytes((cx.id, 0, 0, 0)) + sub))
+    user = (_item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, _uid(implementation_class_uid))
+            + _item(0x55, implementation_version_name.encode("ascii")[:16]))
+    items.append(_item(0x50, user))
+    body = struct.pack(">HH", 0x0001, 0) + _ae(called_ae_title) + _ae(calling_ae_title) + bytes(32) + b"".join(items)
+    return _HEADER.pack(A_ASSOCIATE_RQ, 0, len(body)) + body
+
+
+@dataclass
+class AssociateAccept:
+    """What an A-ASSOCIATE-AC says: per context ID (result, transfer syntax), and the acceptor's
+    maximum P-DATA-TF length (0: no limit)."""
+
+    contexts: dict[int, tuple[int, str]] = field(default_factory=dict)
+    max_pdu: int = 0
+
+
+def parse_associate_ac(body: bytes) -> AssociateAccept:
+    """Decode the variable part of an A-ASSOCIATE-AC (everything after the 6-byte PDU header)."""
+    if len(body) < 68:
+        raise PduError(REASON_INVALID_PARAMETER, "A-ASSOCIATE-AC shorter than its fixed fields")
+    ac = AssociateAccept()
+    for kind, value in _items(memoryview(body)[68:], "A-ASSOCIATE-AC"):
+        if kind == 0x21:
+            if len(value) < 4:
+                raise PduError(REASON_INVALID_PARAMETER, "presentation context item too short")
+            syntax = ""
+            for sub_kind, sub in _items(value[4:], "presentation context"):
+                if sub_kind == 0x40:
+                    syntax = _text(bytes(sub))
+            ac.contexts[value[0]] = (value[2], syntax)
+        elif kind == 0x50:
+            for sub_kind, sub in _items(value, "user information"):
+                if sub_kind == 0x51:
+                    if len(sub) != 4:
+                        raise PduError(REASON_INVALID_PARAMETER, "maximum length item with a wrong length")
+                    ac.max_pdu = struct.unpack(">L", sub)[0]
+    return ac
 
 
 def pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
@@ -234,7 +303,7 @@ def pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
 def p_data_pdus(context_id: int, is_command: bool, data: bytes, max_pdu: int) -> Iterator[bytes]:
     """``data`` as P-DATA-TF PDUs of one PDV each, none longer than ``max_pdu`` (0: no limit)."""
     room = (max_pdu - 6) if max_pdu else len(data) or 1  # a PDV item takes 6 bytes of the PDU
-    room = max(room, 2)
+    room = max(room, 1)
     offset = 0
     while True:
         chunk = data[offset:offset + room]

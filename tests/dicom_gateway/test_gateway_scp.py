@@ -271,12 +271,12 @@ def test_instance_uid_mismatch_and_missing_uids_are_c_range(running_scp: Running
 def test_disk_full_is_a700_through_a_real_association(
     running_scp: RunningSCP, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def full(fd: int, chunk: bytes | memoryview) -> None:
+    def full(fd: int, chunks: tuple[bytes, ...]) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     src = tmp_path / "in.dcm"
     make_ct_dataset(seed=4).save_as(src, enforce_file_format=True)
-    monkeypatch.setattr(spool_mod, "_write_all", full)
+    monkeypatch.setattr(spool_mod, "_write_chunks", full)
     rsp = pynetdicom_store(running_scp.port, src)
     assert rsp.Status == st.OUT_OF_RESOURCES == 0xA700
     assert running_scp.sink.instances == []

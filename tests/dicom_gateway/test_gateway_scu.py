@@ -214,7 +214,8 @@ def test_more_than_128_contexts_are_split_into_several_associations() -> None:
     from dicom_gateway.scu import MAX_CONTEXTS, _batches, _File
 
     files = [
-        _File(i, Path(f"f{i}.dcm"), f"1.2.3.{i % 150}", f"1.2.4.{i}", RLELossless if i % 2 else ExplicitVRLittleEndian)
+        _File(i, Path(f"f{i}.dcm"), f"1.2.3.{i % 150}", f"1.2.4.{i}", RLELossless if i % 2 else ExplicitVRLittleEndian,
+              dataset_offset=200)
         for i in range(300)
     ]
     batches = _batches(files)

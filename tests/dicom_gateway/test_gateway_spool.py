@@ -153,10 +153,10 @@ def test_disk_full_raises_spool_full_and_leaves_nothing(
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
 
-    def full(fd: int, chunk: bytes | memoryview) -> None:
+    def full(fd: int, chunks: tuple[bytes, ...]) -> int:
         raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(spool_mod, "_write_all", full)
+    monkeypatch.setattr(spool_mod, "_write_chunks", full)
     with pytest.raises(SpoolFullError):
         spool.store(data, **uids)
     assert [p for p in all_files(spool.root) if p.name != ".lock"] == []
@@ -168,10 +168,10 @@ def test_other_io_error_is_spool_io_error(tmp_path: Path, monkeypatch: pytest.Mo
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
 
-    def broken(fd: int, chunk: bytes | memoryview) -> None:
+    def broken(fd: int, chunks: tuple[bytes, ...]) -> int:
         raise OSError(errno.EIO, "I/O error")
 
-    monkeypatch.setattr(spool_mod, "_write_all", broken)
+    monkeypatch.setattr(spool_mod, "_write_chunks", broken)
     with pytest.raises(SpoolIOError):
         spool.store(data, **uids)
     assert temp_files(spool.root) == []
@@ -235,10 +235,10 @@ def test_write_durably_disk_full_keeps_old_content(tmp_path: Path, monkeypatch: 
     target = tmp_path / "out.dcm"
     write_durably(target, b"old")
 
-    def full(fd: int, chunk: bytes | memoryview) -> None:
+    def full(fd: int, chunks: tuple[bytes, ...]) -> int:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(spool_mod, "_write_all", full)
+    monkeypatch.setattr(spool_mod, "_write_chunks", full)
     with pytest.raises(SpoolFullError):
         write_durably(target, b"new")
     assert target.read_bytes() == b"old"
@@ -246,18 +246,58 @@ def test_write_durably_disk_full_keeps_old_content(tmp_path: Path, monkeypatch: 
 
 
 def test_two_fsyncs_per_new_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The data file and its directory are fsynced; the index (a cache) is not."""
+    """The data file and its directory are fsynced; the index (a cache) is not. A directory this
+    process has not used yet has its parent fsynced once (its entry may be one whose fsync failed)."""
     spool = Spool(tmp_path / "spool")
-    for shard in range(256):  # every index shard exists already
-        (spool.root / ".index" / f"{shard:02x}").mkdir(parents=True)
     first, uids = encode(seed=1)
     spool.store(first, **uids)  # creates the study and series directories (each new one is fsynced too)
-    calls: list[int] = []
+    synced: list[str] = []
     real_fsync = os.fsync
-    monkeypatch.setattr(spool_mod.os, "fsync", lambda fd: (calls.append(fd), real_fsync(fd))[1])
-    data, more = encode(seed=2, study_uid=uids["study_instance_uid"], series_uid=uids["series_instance_uid"])
-    spool.store(data, **more)
-    assert len(calls) == 2
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(spool_mod.os, "fsync", fsync)
+    series = spool.root / uids["study_instance_uid"] / uids["series_instance_uid"]
+    for seed in (2, 3, 4):
+        data, more = encode(seed=seed, study_uid=uids["study_instance_uid"], series_uid=uids["series_instance_uid"])
+        synced.clear()
+        stored = spool.store(data, **more)
+        index_parents = {str(spool.root), str(spool.root / ".index")}
+        file_syncs = [p for p in synced if p not in index_parents]  # once per new index shard, at most
+        assert len(file_syncs) == 2
+        assert Path(file_syncs[0]).name.endswith(TEMP_SUFFIX) and Path(file_syncs[0]).parent == series
+        assert file_syncs[1] == str(series)
+        assert (spool.root / stored.path_relative).is_file()
+        assert not any("/.index/" in p for p in synced)  # the index itself never
+
+
+def test_failed_directory_fsync_is_redone_before_the_retry_is_acknowledged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rename happened but its directory fsync failed: the store is refused. The retry finds the
+    file (a duplicate) and fsyncs file and directory before it may be acknowledged."""
+    spool = Spool(tmp_path / "spool")
+    data, uids = encode(seed=7)
+    real = spool_mod._fsync_dir
+    series = spool.root / uids["study_instance_uid"] / uids["series_instance_uid"]
+    calls: list[Path] = []
+
+    def failing(path: Path) -> None:
+        calls.append(path)
+        if path == series and (series / f"{uids['sop_instance_uid']}.dcm").exists():
+            raise OSError(errno.EIO, "I/O error")
+        real(path)
+
+    monkeypatch.setattr(spool_mod, "_fsync_dir", failing)
+    with pytest.raises(SpoolIOError):
+        spool.store(data, **uids)
+    monkeypatch.setattr(spool_mod, "_fsync_dir", lambda path: (calls.append(path), real(path))[1])
+    calls.clear()
+    again = spool.store(data, **uids)
+    assert again.duplicate and again.version == 1
+    assert series in calls
 
 
 def test_lost_index_never_lets_an_acknowledged_file_be_overwritten(tmp_path: Path) -> None:
@@ -279,6 +319,47 @@ def test_lost_index_never_lets_an_acknowledged_file_be_overwritten(tmp_path: Pat
     assert dataset_bytes(spool.path(first.path_relative)) == data  # version 1 kept as it was
     assert dataset_bytes(spool.path(second.path_relative)) == other
     assert [v.version for v in spool.versions(uids["sop_instance_uid"])] == [1, 2]
+
+
+@pytest.mark.parametrize("damage", ["cut_short", "zeros", "foreign_path"])
+def test_damaged_index_is_ignored_and_the_files_decide(tmp_path: Path, damage: str) -> None:
+    """A new SOP's index is written in place, without a rename: a write cut short (a crash), zeros (a
+    power failure before write-back) or an entry naming another SOP's file is not trusted."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode(seed=5)
+    first = spool.store(data, **uids)
+    (index,) = (spool.root / ".index").rglob(str(uids["sop_instance_uid"]))
+    line = index.read_bytes()
+    assert line.endswith(b"\n") and line.count(b"\n") == 1
+    if damage == "cut_short":
+        index.write_bytes(line[: len(line) - 8])  # the path cut, no newline
+    elif damage == "zeros":
+        index.write_bytes(b"\x00" * len(line))
+    else:
+        index.write_bytes(line.replace(uids["sop_instance_uid"].encode() + b".dcm", b"1.2.3.dcm"))
+    assert spool.versions(uids["sop_instance_uid"]) == []
+    again = spool.store(data, **uids)
+    assert again.duplicate and again.version == 1 and again.path_relative == first.path_relative
+    assert [v.path_relative for v in spool.versions(uids["sop_instance_uid"])] == [first.path_relative]
+
+
+def test_index_write_failure_leaves_no_index_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode(seed=6)
+    real = spool_mod._write_chunks
+
+    def index_full(fd: int, chunks: tuple[bytes, ...]) -> int:
+        if len(chunks) == 1:  # the index (the data file is header + data set)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd, chunks)
+
+    monkeypatch.setattr(spool_mod, "_write_chunks", index_full)
+    with pytest.raises(SpoolFullError):
+        spool.store(data, **uids)
+    assert list((spool.root / ".index").rglob(str(uids["sop_instance_uid"]))) == []
+    monkeypatch.undo()
+    stored = spool.store(data, **uids)  # the data file that made it is found and indexed again
+    assert stored.duplicate and stored.version == 1
 
 
 @pytest.mark.parametrize("source", [None, "", "MODALITY", "CT1", "AE WITH SPACE", "A\\B"])

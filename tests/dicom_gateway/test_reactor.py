@@ -1,5 +1,8 @@
 """dicom_gateway.pynetdicom_tuning and .reactor: pynetdicom's loops block until there is work instead
-of polling, and keep their timers, release and abort behaviour."""
+of polling, and keep their timers, release and abort behaviour.
+
+pynetdicom runs our requestors (dicom_gateway.scu installs the tuning before it creates an AE); the
+peer here is our own SCP, which does not use pynetdicom (dicom_gateway.acceptor)."""
 
 from __future__ import annotations
 
@@ -25,6 +28,12 @@ from tests.dicom_gateway.gateway_helpers import SCP_AE, RecordingSink, RunningSC
 VERIFICATION = "1.2.840.10008.1.1"
 
 
+@pytest.fixture(autouse=True)
+def tuned() -> None:
+    """As dicom_gateway.scu does before it creates an AE."""
+    assert pynetdicom_tuning.install()
+
+
 def _echo_association(port: int, network_timeout: float = 10) -> Association:
     ae = AE(ae_title="MODALITY")
     ae.acse_timeout = ae.dimse_timeout = 10
@@ -48,7 +57,7 @@ def test_installed_for_the_pinned_pynetdicom(running_scp: RunningSCP) -> None:
 
 
 def test_idle_association_does_not_spin(running_scp: RunningSCP, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An idle association's DUL loops (ours as SCU and the SCP's) wake about every IDLE_WAIT_S,
+    """An idle association's DUL loop (a tuned pynetdicom requestor's) wakes about every IDLE_WAIT_S,
     not every millisecond as pynetdicom's polling does (~1,000 turns in this half second)."""
     waits = 0
     original = reactor._Waker.wait
@@ -70,10 +79,11 @@ def test_idle_association_does_not_spin(running_scp: RunningSCP, monkeypatch: py
 
 
 def test_round_trips_do_not_wait_for_polling_sleeps(running_scp: RunningSCP, monkeypatch: pytest.MonkeyPatch) -> None:
-    """60 C-ECHO round trips between two pynetdicom peers: neither side's loops sleep. Polling
+    """60 C-ECHO round trips from a tuned pynetdicom requestor: its loops never sleep. Polling
     pynetdicom sleeps 1 ms on every idle turn of both its loops (several sleeps per round trip, ~2.5 ms
     of waiting each); event-driven, the loops block in select() or on an event and never call sleep.
-    Counted, not timed, so machine load cannot decide it."""
+    Our SCP's threads are counted too (they block in recv). Counted, not timed, so machine load
+    cannot decide it."""
     sleeps: list[str] = []
     real_sleep = time.sleep
 
@@ -129,7 +139,7 @@ def test_release_when_another_thread_unpaused_the_reactor(running_scp: RunningSC
 
 
 def test_network_timeout_still_aborts_an_idle_association(tmp_path: Path) -> None:
-    """The SCP's network (idle) timeout is checked while its loops wait for work."""
+    """The SCP's network (idle) timeout aborts an association that sends nothing."""
     settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1").model_copy(update={"port": 0})
     scp = StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
                      ScpTimeouts(acse=5, dimse=5, network=0.5))

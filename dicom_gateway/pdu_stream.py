@@ -1,0 +1,70 @@
+"""PDUs over a socket (TCP or TLS): read one whole PDU into one buffer, send, close politely.
+
+Shared by our acceptor (:mod:`dicom_gateway.acceptor`) and requestor (:mod:`dicom_gateway.requestor`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+
+from dicom_gateway.upper_layer import REASON_INVALID_PARAMETER, PduError
+
+__all__ = ["PduStream"]
+
+
+class PduStream:
+    """One transport connection carrying PDUs. ``address`` is the peer's IP address."""
+
+    def __init__(self, sock: socket.socket, address: str) -> None:
+        self.sock = sock
+        self.address = address
+        self._quickack = getattr(socket, "TCP_QUICKACK", None)
+        with contextlib.suppress(OSError):  # not TCP (e.g. a socket pair in tests): keep the defaults
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # our PDUs go out at once
+
+    def _recv_into(self, view: memoryview) -> None:
+        got = 0
+        while got < len(view):
+            if self._quickack is not None:
+                # Many senders write the command and the data set as separate small writes; with
+                # Nagle on their side and delayed ACKs on ours each instance would wait ~40 ms.
+                with contextlib.suppress(OSError):
+                    self.sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
+            n = self.sock.recv_into(view[got:])
+            if n == 0:
+                raise ConnectionResetError("the peer closed the connection")
+            got += n
+
+    def read_pdu(self, limit: int) -> tuple[int, bytearray]:
+        """(PDU type, body); a PDU longer than ``limit`` bytes raises :class:`PduError`."""
+        header = bytearray(6)
+        self._recv_into(memoryview(header))
+        kind, length = header[0], int.from_bytes(header[2:6], "big")
+        if length > limit:
+            raise PduError(REASON_INVALID_PARAMETER, f"PDU 0x{kind:02X} of {length} bytes is over the limit {limit}")
+        body = bytearray(length)
+        self._recv_into(memoryview(body))
+        return kind, body
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def settimeout(self, seconds: float) -> None:
+        self.sock.settimeout(seconds)
+
+    def close(self, linger_s: float = 0.0) -> None:
+        """Close the connection. With ``linger_s``, first let the peer close it (PS3.8: after an
+        A-ASSOCIATE-RJ, A-RELEASE-RP or A-ABORT the requestor closes, within the ARTIM timeout):
+        closing with its bytes unread would reset the connection and could destroy our last PDU
+        before the peer has read it."""
+        if linger_s > 0:
+            with contextlib.suppress(OSError, ValueError):
+                self.sock.shutdown(socket.SHUT_WR)
+                self.sock.settimeout(linger_s)
+                while self.sock.recv(65536):
+                    pass
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            self.sock.close()
