@@ -139,7 +139,7 @@ def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]:
 
 def scan_file_meta(head: bytes) -> tuple[dict[int, bytes], int]:
     """The File Meta Information of a Part-10 file from its first bytes: (tag -> raw value of every
-    group 0002 element, offset where the data set starts). The group must start with its Group
+    group 0002 element after the group length, offset where the data set starts). The group must start with its Group
     Length (0002,0000), as PS3.10 requires, and ``head`` must hold all of it."""
     if len(head) < 144 or head[128:132] != b"DICM":
         raise HeaderError("not a DICOM Part-10 file (no DICM prefix)")

@@ -181,9 +181,13 @@ class Requestor:
             raise AssociationError(f"protocol error from the peer: {exc}") from exc
 
     def _lost(self, exc: BaseException) -> NoReturn:
-        self.is_open = False
-        self._stream.close()
-        what = "no response in time" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        timed_out = isinstance(exc, TimeoutError)
+        if timed_out:
+            self.abort()  # tell the peer we gave up (A-ABORT, service user), then close
+        else:
+            self.is_open = False
+            self._stream.close()
+        what = "no response in time" if timed_out else f"{type(exc).__name__}: {exc}"
         raise AssociationError(f"association lost: {what}") from exc
 
     # -- ending -----------------------------------------------------------------------------------

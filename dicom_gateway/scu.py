@@ -51,7 +51,9 @@ _LE_UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 @dataclass(frozen=True)
 class ScuTimeouts:
     """Seconds. ``connect``: TCP connect; ``acse``: association set-up and release;
-    ``dimse``: waiting for each response; ``network``: any read on an idle association."""
+    ``dimse``: waiting for each response; ``network``: any read on an idle association (the
+    pynetdicom associations of query/retrieve and storage commitment; a C-STORE or C-ECHO association
+    is never idle: every read there waits for a response, bounded by ``dimse``)."""
 
     connect: float = 5.0
     acse: float = 10.0
@@ -155,7 +157,10 @@ _META_READ = 8192  # a File Meta Information is a few hundred bytes
 
 def _read_meta(index: int, path: Path) -> _File:
     with path.open("rb") as fh:
-        meta, offset = scan_file_meta(fh.read(_META_READ))
+        head = fh.read(_META_READ)
+        if len(head) >= 144 and (total := 144 + int.from_bytes(head[140:144], "little")) > len(head):
+            head += fh.read(total - len(head))  # a large optional element (e.g. Private Information)
+        meta, offset = scan_file_meta(head)
 
     def uid(tag: int, name: str) -> str:
         return validate_uid(meta.get(tag, b"").decode("ascii", errors="replace"), name)
