@@ -10,7 +10,8 @@ Receiving: DCMTK ``storescu`` sends the series to
     synchronous=FULL) and the spool's fsync ON (temp file, fsync, rename, fsync directory): success
     is answered only once the instance is durable. Also with fsync off, to show what durability costs.
 Each with 1 association and with 4 parallel associations (4 storescu processes, a quarter each).
-Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment).
+Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment). Every run starts after
+``os.sync()``, so no receiver pays for the write-back of the files the one before left unwritten.
 
 Sending: tamsoat's SCU (``dicom_gateway.scu.send_files``, one association) vs DCMTK ``storescu``,
 both to DCMTK ``storescp``.
@@ -20,43 +21,43 @@ The series is generated once (training.phantom, 300 x 512 x 512 CT slices) into 
 "durable store X of Y ms" is the time inside the ingest path (header check, spool write with its
 fsyncs, database row and commit) against the wall time per instance and association.
 
-Measured 2026-12-01 on the development machine (2 vCPUs shared with a model training run and other
-work, load average ~4; ext4 on a virtual disk), ``--rounds 1``, the code before the speed work
-(502fe9a) and after it run alternately twice under the same load (before -> after, both runs):
+Measured 2026-12-03 on the development machine (2 vCPUs, ext4 on a virtual disk whose fsync latency
+varies several-fold from minute to minute), ``--rounds 3``, medians, load ~0.3 at the start:
 
-    DCMTK storescp, 1 assoc (no fsync)       760-864 inst/s
-    tamsoat SCP, 1 assoc, fsync on           64, 59 -> 109, 64 inst/s  ratio 0.08 -> 0.08-0.13
-        outside the durable store:           4.1, 4.2 -> 2.1, 2.4 ms per instance
-    tamsoat SCP, 1 assoc, fsync off          122, 117 -> 162, 135 inst/s
-    DCMTK storescp, 4 assoc (no fsync)       677-955 inst/s
-    tamsoat SCP, 4 assoc, fsync on           173, 163 -> 225, 212 inst/s  ratio 0.18-0.24 -> 0.23-0.24
-    tamsoat SCP, 4 assoc, fsync off          195, 187 -> 245, 261 inst/s
-    sending: send_files                      274, 257 -> 441, 520 inst/s  ratio 0.34-0.36 -> 0.38-0.44
-                                             (DCMTK storescu 719-1182 inst/s)
+    DCMTK storescp, 1 assoc (no fsync)       779 inst/s
+    tamsoat SCP, 1 assoc, fsync on           201 inst/s  ratio 0.26   (3.7 of 5.0 ms in the durable store)
+    tamsoat SCP, 1 assoc, fsync off          204 inst/s  ratio 0.26
+    DCMTK storescp, 4 assoc (no fsync)       512 inst/s  (storescp serves one association at a time)
+    tamsoat SCP, 4 assoc, fsync on           202 inst/s  ratio 0.39
+    tamsoat SCP, 4 assoc, fsync off          239 inst/s  ratio 0.47
+    sending: DCMTK storescu                  642 inst/s
+    sending: tamsoat send_files              889 inst/s  ratio 1.39
 
-On the quiet machine just before (load ~0.3), the old code gave 167 inst/s (1 assoc, fsync on; 3.1 of
-6.0 ms in the durable store), 197 inst/s (4 assoc) and 304 inst/s sending, against DCMTK's 1287, 979
-and 1146; the new code, quiet again afterwards (load ~0.5): 190 inst/s (1 assoc, fsync on, ratio
-0.25 against DCMTK's 748; 2.9 of 5.3 ms in the durable store), 240 fsync off, 226 inst/s with 4
-associations (0.18 against 1239) and 418 inst/s sending (0.33 against 1283). What changed:
-pynetdicom's polling loops (1 ms sleeps, several per instance) are
-event-driven, command sets are encoded without pydicom, accepted associations no longer deep-copy
-~2,000 UIDs each (~20 ms of CPU per association), and this benchmark no longer deletes one
-receiver's 300 files just before the next one writes (ext4 then skips the freed inodes on every
-create, which cost ~10 % of the CPU of the run after it). See ``dicom_gateway.pynetdicom_tuning``.
-Earlier figures (2026-11-22: 111 inst/s with 1 assoc and fsync on; 39 before issue 3) are in git history.
+Single rounds of the same code earlier that day, under other load, gave 1 assoc 0.21-0.51, 4 assoc
+0.35-0.75 and sending 0.72-1.15: read ratios within a run, not across runs. Before this day's work
+(pynetdicom's server and requestor, pydicom's header reader): 1 assoc 0.14-0.25, 4 assoc 0.18-0.20,
+sending 0.33.
 
-Where the time goes now (py-spy --idle, the association's thread, 1 assoc, fsync on, 13 ms per
-instance under that load): database row and its commit, i.e. the SQLite WAL fsync, 21 %; waiting for
-the next request (storescu, and our DUL thread reading ~525 KB as 3 PDUs) 19 %; fsync of the
-directory 14 %; fsync of the data file 9 %; write() of the 525 KB 8 % (blocked by the other
-processes' dirty pages); creating the temp file 4 %; sha256 2.5 %; header 2 %; pynetdicom's
-response 6 %; the rest ~13 %. So with one association ~60 % is the three fsyncs and the file system
-calls that wait for the journal; with four, the fsyncs are shared and the process is CPU-bound (about
-4 ms of CPU per instance, of which ~30 % in the kernel: socket and file copies, ext4, futex wake-ups;
-the rest pydicom/pynetdicom/SQLAlchemy Python). DCMTK's storescp fsyncs nothing, so ratio 1.0 with
-fsync on is out of reach on this disk: raw, write + fsync + rename + fsync directory of a 525 KB
-file costs 0.8 ms when the disk is quiet and 6.5 ms under the training run's writes, before SQLite's.
+Where the time goes now, receiving (1 assoc, fsync on; process CPU from getrusage, one-off scripts
+with the same receiver): ~4.9 ms of CPU per instance (user 2.8, system 2.0) against DCMTK storescp's
+~1.3 ms of wall time per instance. Split by swapping parts out:
+
+* association, PDUs, command sets, header scan, ingest checks (our acceptor with a spool that keeps
+  nothing and no database): 0.75 ms, 650-720 inst/s, i.e. DCMTK's speed, bounded by storescu's own
+  0.9 ms of CPU per instance;
+* the spool on tmpfs without fsync: +1.2 ms (SHA-256 of the 525 KB 0.35, copying them into the page
+  cache 0.33, temp file, rename, per-SOP index and lock ~0.5);
+* the database row (SQLite on tmpfs): +1.05 ms (SQLAlchemy ~0.4, hand-over to the group-commit
+  writer thread ~0.25, SQLite);
+* the real disk: the two fsyncs of the file and its directory (0.8 + 0.6 ms when the disk is quiet,
+  several ms when not) and ext4's journal work in the kernel (most of the 2.0 ms of system time).
+
+With fsync off the time per instance hardly changes with one association: the Python work, not the
+disk, is the bound there; with four associations the fsyncs share journal commits and the one
+process's CPU (the GIL) bounds us. DCMTK's storescp fsyncs nothing, so ratio 1.0 "with fsync on"
+would need the whole durable path (two fsyncs and a database commit) inside DCMTK's 1.3 ms of
+unsynced work. Sending has no fsync on our side and is now faster than storescu: the next file is
+read while the peer stores the current one, and the data set goes out as stored.
 """
 
 from __future__ import annotations
