@@ -10,7 +10,9 @@ What the association may do is decided by a :class:`Services` object (our Storag
 accept it, and what to answer to each message. pynetdicom is still what our requestors use.
 
 Timers: ``acse`` bounds the wait for the A-ASSOCIATE-RQ (and the TLS handshake) after a connection
-opens, i.e. the ARTIM timer; ``network`` aborts an association that sends nothing for that long.
+opens, i.e. the ARTIM timer; ``dimse`` the wait for the rest of a message once it has begun (the
+next fragment of its command or data set); ``network`` aborts an association that sends nothing
+for that long between messages.
 
 Logs carry event names, AE titles, addresses and reasons; never patient data.
 """
@@ -98,6 +100,10 @@ class Services(Protocol):
     def vet(self, request: ul.AssociateRequest, peer_address: str) -> Rejection | None:
         """Return a rejection, or None to accept the association."""
 
+    def rejected(self, request: ul.AssociateRequest, peer_address: str, rejection: Rejection) -> None:
+        """Every A-ASSOCIATE-RJ about to be sent: the service's own (from :meth:`vet`) and the
+        acceptor's (protocol version, application context, association limit)."""
+
     def accepted(self, assoc: Association) -> None: ...
 
     def aborted(self, assoc: Association) -> None: ...
@@ -123,6 +129,7 @@ class AcceptorConfig:
     max_pdu: int
     max_associations: int
     acse_timeout: float
+    dimse_timeout: float
     network_timeout: float
     max_dataset_bytes: int
     ssl_context: ssl.SSLContext | None = None
@@ -227,7 +234,6 @@ class Acceptor:
             assoc = self._establish(conn, counted)
             if assoc is None:
                 return
-            conn.settimeout(self.config.network_timeout)
             self._data_phase(conn, assoc)
         except ul.PduError as exc:
             LOG.warning("dicom.assoc.protocol_error peer=%s reason=%d detail=%s", address, exc.reason, exc)
@@ -267,9 +273,7 @@ class Acceptor:
         else:
             rejection = self.services.vet(rq, conn.address)
         if rejection is not None:
-            if rejection in (_PROTOCOL_VERSION, _APPLICATION_CONTEXT, LIMIT_EXCEEDED):
-                LOG.warning("dicom.assoc.rejected reason=%s calling_ae=%s called_ae=%s peer=%s", rejection.label,
-                            rq.calling_ae_title, rq.called_ae_title, conn.address)
+            self.services.rejected(rq, conn.address, rejection)
             conn.send(ul.associate_rj(rejection.result, rejection.source, rejection.reason))
             return None
         answers, roles = self._negotiate(rq)
@@ -312,6 +316,8 @@ class Acceptor:
         data_size = 0
         pending: tuple[Presentation, Command] | None = None  # a command whose data set is arriving
         while True:
+            in_message = bool(command_parts) or pending is not None
+            conn.settimeout(self.config.dimse_timeout if in_message else self.config.network_timeout)
             kind, body = conn.read_pdu(limit)
             if kind == ul.P_DATA_TF:
                 items = list(ul.pdvs(memoryview(body)))

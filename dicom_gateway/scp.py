@@ -107,8 +107,8 @@ VERIFICATION_SOP_CLASS = "1.2.840.10008.1.1"
 
 @dataclass(frozen=True)
 class ScpTimeouts:
-    """Seconds. ``acse``: waiting for association messages; ``dimse``: waiting for DIMSE messages;
-    ``network``: an idle association is aborted after this long."""
+    """Seconds. ``acse``: waiting for the association request (ARTIM); ``dimse``: waiting for the rest
+    of a message that has begun; ``network``: an idle association is aborted after this long."""
 
     acse: float = 30.0
     dimse: float = 60.0
@@ -206,7 +206,8 @@ class StorageSCP:
             ssl_context = server_context(s.tls) if s.tls is not None else None
             config = AcceptorConfig(
                 supported=supported, roles=roles, max_pdu=s.max_pdu, max_associations=s.max_associations,
-                acse_timeout=self.timeouts.acse, network_timeout=self.timeouts.network,
+                acse_timeout=self.timeouts.acse, dimse_timeout=self.timeouts.dimse,
+                network_timeout=self.timeouts.network,
                 max_dataset_bytes=s.max_dataset_bytes, ssl_context=ssl_context,
             )
             acceptor = Acceptor(s.host, s.port, config, self)
@@ -255,19 +256,19 @@ class StorageSCP:
         return (calling_ae, _normalise_ip(address)) in self._allowed
 
     def vet(self, request: AssociateRequest, peer_address: str) -> Rejection | None:
-        calling, called = request.calling_ae_title, request.called_ae_title
-        if not self._is_allowed(calling, peer_address):
-            rejection = _CALLING_AE_NOT_RECOGNISED
-        elif called not in self._called_titles:
-            rejection = _CALLED_AE_NOT_RECOGNISED
-        else:
-            return None
+        if not self._is_allowed(request.calling_ae_title, peer_address):
+            return _CALLING_AE_NOT_RECOGNISED
+        if request.called_ae_title not in self._called_titles:
+            return _CALLED_AE_NOT_RECOGNISED
+        return None
+
+    def rejected(self, request: AssociateRequest, peer_address: str, rejection: Rejection) -> None:
+        calling = request.calling_ae_title
         # An unlisted title is not used as a label: peers must not choose our metrics' cardinality.
         known = {p.ae_title.strip() for p in self.settings.allowed_peers}
         metrics.ASSOCIATIONS.labels(calling if calling in known else "(unlisted)", "rejected").inc()
         LOG.warning("dicom.assoc.rejected reason=%s calling_ae=%s called_ae=%s peer=%s",
-                    rejection.label, calling, called, peer_address)
-        return rejection
+                    rejection.label, calling, request.called_ae_title, peer_address)
 
     def accepted(self, assoc: Association) -> None:
         metrics.ASSOCIATIONS.labels(assoc.calling_ae_title or "-", "accepted").inc()

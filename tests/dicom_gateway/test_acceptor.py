@@ -313,3 +313,39 @@ def test_malformed_associate_rq_is_aborted(scp: StorageSCP) -> None:
     peer.send(bad)
     assert _abort_reason(peer) == (0x02, 0x06)
     assert _echo_ok(scp.port)
+
+
+def test_a_message_left_unfinished_is_aborted_after_the_dimse_timeout(tmp_path: Path) -> None:
+    """Between messages the (long) network timeout applies; inside one, the DIMSE timeout."""
+    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1").model_copy(update={"port": 0})
+    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
+                    ScpTimeouts(acse=5, dimse=0.5, network=30)) as server:
+        peer = RawPeer(server.port)
+        peer.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
+        time.sleep(1.0)  # idle between messages: longer than dimse, still served
+        rq = command((0x0002, "UI", VERIFICATION), (0x0100, "US", 0x0030), (0x0110, "US", 1), (0x0800, "US", 0x0101))
+        peer.send(p_data(1, 0x01, rq[:10]))  # the first fragment of a command, then nothing
+        started = time.monotonic()
+        assert _abort_reason(peer)[0] == 0x02
+        assert time.monotonic() - started < 10
+
+
+def test_rejections_of_the_acceptor_are_counted(tmp_path: Path) -> None:
+    from dicom_gateway import metrics
+
+    def rejected() -> float:
+        return metrics.REGISTRY.get_sample_value(
+            "tamsoat_dicom_associations_total", {"calling_ae": "(unlisted)", "result": "rejected"}) or 0.0
+
+    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_associations=1).model_copy(update={"port": 0})
+    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(), ScpTimeouts(5, 5, 5)) as server:
+        before = rejected()
+        first = RawPeer(server.port)
+        first.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
+        second = RawPeer(server.port)
+        second.send(associate_rq([(1, VERIFICATION, [ImplicitVRLittleEndian])]))
+        kind, body = second.pdu()
+        assert (kind, body[1], body[2], body[3]) == (0x03, 0x02, 0x03, 0x02)  # transient, local limit exceeded
+        assert rejected() == before + 1
+        first.close()
+        second.close()
