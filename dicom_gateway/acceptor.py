@@ -166,6 +166,11 @@ class Acceptor:
         return int(self._listener.getsockname()[1])
 
     @property
+    def connection_limit(self) -> int:
+        """Connections served at once, associations being set up or rejected included."""
+        return 2 * self.config.max_associations + 16
+
+    @property
     def active_associations(self) -> int:
         with self._lock:
             return len(self._active)
@@ -209,7 +214,18 @@ class Acceptor:
             thread = threading.Thread(target=self._serve, args=(number, sock, str(address[0])),
                                       name=f"tamsoat-assoc-{number}", daemon=True)
             with self._lock:
-                self._threads[number] = thread
+                overloaded = len(self._threads) >= self.connection_limit
+                if not overloaded:
+                    self._threads[number] = thread
+            if overloaded:
+                # Beyond max_associations a connection still gets its A-ASSOCIATE-RJ (in a thread of
+                # its own); beyond this many, it is closed at once: a flood of idle connections
+                # must not cost a thread each for the ARTIM time.
+                LOG.warning("dicom.assoc.refused_overload peer=%s open_connections=%d", address[0],
+                            self.connection_limit)
+                with contextlib.suppress(OSError):
+                    sock.close()
+                continue
             thread.start()
 
     # -- one association --------------------------------------------------------------------------

@@ -349,3 +349,27 @@ def test_rejections_of_the_acceptor_are_counted(tmp_path: Path) -> None:
         assert rejected() == before + 1
         first.close()
         second.close()
+
+
+def test_a_flood_of_silent_connections_is_capped(tmp_path: Path) -> None:
+    """max_associations=1: at most 2 * 1 + 16 connections get a thread; the rest are closed at once,
+    and the SCP serves again as soon as the flood is gone."""
+    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_associations=1).model_copy(update={"port": 0})
+    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
+                    ScpTimeouts(acse=30, dimse=5, network=5)) as server:
+        flood = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(40)]
+        try:
+            closed = 0
+            for s in flood[18:]:
+                try:
+                    closed += s.recv(1) == b""
+                except ConnectionError:
+                    closed += 1
+            assert closed == len(flood) - 18
+        finally:
+            for s in flood:
+                s.close()
+        deadline = time.monotonic() + 10
+        while not _echo_ok(server.port):
+            assert time.monotonic() < deadline, "the SCP did not recover from the flood"
+            time.sleep(0.1)
