@@ -111,8 +111,10 @@ class Services(Protocol):
     def c_echo(self, assoc: Association) -> int: ...
 
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None) -> tuple[int, str | None]:
-        """Store one instance; returns (status, error comment)."""
+                data: bytes | None, size: int) -> tuple[int, str | None]:
+        """Store one instance; returns (status, error comment). ``data`` is None when the request had
+        no data set (``size`` 0) or when its ``size`` bytes were over ``max_dataset_bytes`` and
+        were dropped as they arrived."""
 
     def n_event_report(self, assoc: Association, context: Presentation, cmd: Command,
                        data: bytes | None) -> int: ...
@@ -361,10 +363,10 @@ class Acceptor:
                         else:
                             data_parts = []  # too big: read it to its end, keep none of it
                         if control & 0x02:
-                            oversized = data_size > self.config.max_dataset_bytes
-                            data = b"".join(data_parts)
+                            kept = data_size <= self.config.max_dataset_bytes
+                            data = b"".join(data_parts) if kept else None
                             data_parts = []
-                            self._dispatch(conn, assoc, pending[0], pending[1], data, oversized)
+                            self._dispatch(conn, assoc, pending[0], pending[1], data, data_size)
                             pending = None
             elif kind == ul.A_RELEASE_RQ:
                 conn.send(ul.RELEASE_RP)
@@ -389,19 +391,14 @@ class Acceptor:
         return cmd
 
     def _dispatch(self, conn: PduStream, assoc: Association, context: Presentation, cmd: Command,
-                  data: bytes | None, oversized: bool = False) -> None:
+                  data: bytes | None, size: int = 0) -> None:
         field_ = cmd.us(COMMAND_FIELD)
         message_id = cmd.us(MESSAGE_ID)
         sop_class = cmd.uid(AFFECTED_SOP_CLASS) or None
         sop_instance = cmd.uid(AFFECTED_SOP_INSTANCE) or None
         comment: str | None
         if field_ == _C_STORE_RQ:
-            if oversized:
-                status, comment = 0xA700, f"data set larger than {self.config.max_dataset_bytes} bytes"
-                LOG.warning("dicom.store.refused source=dimse sop=%s status=0xA700 reason=oversized peer=%s",
-                            (sop_instance or "")[:64], conn.address)
-            else:
-                status, comment = self.services.c_store(assoc, context, cmd, data)
+            status, comment = self.services.c_store(assoc, context, cmd, data, size)
             response = command(
                 (AFFECTED_SOP_CLASS, "UI", sop_class), (COMMAND_FIELD, "US", 0x8001), (RESPONDED_TO, "US", message_id),
                 (DATA_SET_TYPE, "US", _NO_DATA_SET), (STATUS, "US", status), (ERROR_COMMENT, "LO", _comment(comment)),

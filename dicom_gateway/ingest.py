@@ -171,10 +171,7 @@ class Ingestor:
             stored = self._ingest(encoded, transfer_syntax_uid, origin, expected_sop_class,
                                   expected_sop_instance, expected_study)
         except IngestRefused as exc:
-            LOG.warning("dicom.store.refused source=%s sop=%s status=0x%04X reason=%s calling_ae=%s peer=%s",
-                        origin.source, request_sop, exc.status, exc.comment, origin.calling_ae_title,
-                        origin.peer_address)
-            self._count(origin, "rejected", exc.status, 0, started)
+            self.refused(origin, request_sop, exc)
             raise
         except Exception as exc:
             # Type and stack only: exception messages (e.g. a database error echoing its
@@ -191,6 +188,14 @@ class Ingestor:
         )
         self._count(origin, "duplicate" if stored.duplicate else "stored", st.SUCCESS, len(encoded), started)
         return stored
+
+    def refused(self, origin: Origin, sop_instance_uid: str, refusal: IngestRefused) -> None:
+        """Log and count an instance that is not stored (also for refusals made before ingest, e.g.
+        a data set over the size limit that the SCP dropped as it arrived)."""
+        LOG.warning("dicom.store.refused source=%s sop=%s status=0x%04X reason=%s calling_ae=%s peer=%s",
+                    origin.source, sop_instance_uid[:64], refusal.status, refusal.comment, origin.calling_ae_title,
+                    origin.peer_address)
+        self._count(origin, "rejected", refusal.status, 0, time.perf_counter())
 
     @staticmethod
     def _count(origin: Origin, outcome: str, status: int, size: int, started: float) -> None:

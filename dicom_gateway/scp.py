@@ -301,10 +301,15 @@ class StorageSCP:
 
     # -- C-STORE ----------------------------------------------------------------------------------
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None) -> tuple[int, str | None]:
+                data: bytes | None, size: int) -> tuple[int, str | None]:
         origin = Origin(calling_ae_title=assoc.calling_ae_title, called_ae_title=assoc.called_ae_title,
                         peer_address=assoc.peer_address)
         requested_class = cmd.uid(AFFECTED_SOP_CLASS)
+        if data is None and size:
+            limit = self.settings.max_dataset_bytes
+            refusal = IngestRefused(st.OUT_OF_RESOURCES, f"data set larger than {limit} bytes")
+            self.ingestor.refused(origin, cmd.uid(AFFECTED_SOP_INSTANCE), refusal)
+            return refusal.status, refusal.comment
         try:
             if requested_class != context.abstract_syntax:
                 raise IngestRefused(st.DATASET_MISMATCH, "SOP Class UID does not match the presentation context")

@@ -302,6 +302,12 @@ def test_data_set_over_the_limit_is_a700_and_the_association_goes_on(scp: Storag
         assoc.release()
     sink = scp.sink
     assert isinstance(sink, RecordingSink) and len(sink.instances) == 1
+    from dicom_gateway import metrics
+
+    refused = metrics.REGISTRY.get_sample_value(
+        "tamsoat_dicom_instances_received_total",
+        {"calling_ae": "MODALITY", "source": "dimse", "outcome": "rejected", "status": "0xA700"})
+    assert refused is not None and refused >= 1
 
 
 def test_malformed_associate_rq_is_aborted(scp: StorageSCP) -> None:

@@ -66,9 +66,9 @@ class RecordingSCP(StorageSCP):
         self.message_ids: list[int | None] = []
 
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None) -> tuple[int, str | None]:
+                data: bytes | None, size: int) -> tuple[int, str | None]:
         self.message_ids.append(cmd.us(MESSAGE_ID))
-        return super().c_store(assoc, context, cmd, data)
+        return super().c_store(assoc, context, cmd, data, size)
 
 
 @contextlib.contextmanager
