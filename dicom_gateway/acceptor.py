@@ -156,7 +156,10 @@ class Acceptor:
     # -- life cycle -------------------------------------------------------------------------------
     def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.create_server((self.host, self.requested_port), family=family, backlog=64)
+        # "::" listens on IPv4 too where the system can (IPv4 peers then show as ::ffff:a.b.c.d).
+        dualstack = self.host == "::" and socket.has_dualstack_ipv6()
+        listener = socket.create_server((self.host, self.requested_port), family=family, backlog=64,
+                                        dualstack_ipv6=dualstack)
         self._listener = listener
         self._thread = threading.Thread(target=self._accept_loop, name="tamsoat-dicom-acceptor", daemon=True)
         self._thread.start()

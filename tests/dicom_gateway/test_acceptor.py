@@ -379,3 +379,16 @@ def test_a_flood_of_silent_connections_is_capped(tmp_path: Path) -> None:
         while not _echo_ok(server.port):
             assert time.monotonic() < deadline, "the SCP did not recover from the flood"
             time.sleep(0.1)
+
+
+def test_ipv6_loopback_with_the_allow_list(tmp_path: Path) -> None:
+    from dicom_gateway.scu import echo
+    from tamsoat.core.settings import AllowedPeer, Destination
+
+    peers = [AllowedPeer(ae_title="MODALITY", host="::1")]
+    settings = DicomSettings(ae_title=SCP_AE, host="::1", allowed_peers=peers).model_copy(update={"port": 0})
+    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(), ScpTimeouts(5, 5, 5)) as server:
+        here = Destination(name="self", ae_title=SCP_AE, host="::1", port=server.port)
+        assert echo(here, "MODALITY").ok
+        refused = echo(here, "STRANGER")
+        assert not refused.ok and "Calling AE title not recognised" in refused.message
