@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import signal
+import threading
 from typing import Any
 
 import uvicorn
@@ -72,6 +74,12 @@ class Service:
         log.info("service.stopped")
 
     def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then stop everything cleanly (SCP, instance writer, workers)."""
+        if threading.current_thread() is threading.main_thread():
+            # uvicorn shuts the web server down on these signals and then raises them again with the
+            # handlers it found: with the default SIGTERM handler that killed the process before
+            # stop() ran. Ours turns it into SystemExit, so the finally below runs.
+            signal.signal(signal.SIGTERM, _exit_on_signal)
         self.start_background()
         try:
             server = uvicorn.Server(uvicorn.Config(self.app, host=self.settings.web.host,
@@ -79,3 +87,8 @@ class Service:
             server.run()
         finally:
             self.stop()
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    log.info("service.stopping signal=%s", signal.Signals(signum).name)
+    raise SystemExit(128 + signum)
