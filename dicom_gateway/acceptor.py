@@ -7,7 +7,8 @@ sets decoded through pydicom, events built per message), more than the whole per
 DCMTK's storescp. Here one thread per association reads each PDU straight into one buffer, keeps the
 data set's fragments as views of those buffers and joins them once, and answers in the same thread.
 What the association may do is decided by a :class:`Services` object (our StorageSCP): whether to
-accept it, and what to answer to each message. pynetdicom is still what our requestors use.
+accept it, and what to answer to each message. Our requestor (:mod:`dicom_gateway.requestor`) shares
+the PDU code; pynetdicom still runs our query/retrieve and storage commitment requests.
 
 Timers: ``acse`` bounds the wait for the A-ASSOCIATE-RQ (and the TLS handshake) after a connection
 opens, i.e. the ARTIM timer; ``dimse`` the wait for the rest of a message once it has begun (the
