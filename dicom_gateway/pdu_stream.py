@@ -10,7 +10,27 @@ import socket
 
 from dicom_gateway.upper_layer import REASON_INVALID_PARAMETER, PduError
 
-__all__ = ["PduStream"]
+__all__ = ["PduStream", "recv_exactly"]
+
+_QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+
+
+def recv_exactly(sock: socket.socket, view: memoryview) -> int:
+    """Fill ``view`` from ``sock``; returns the bytes read, fewer only when the peer closed.
+
+    TCP_QUICKACK before every read: many senders write the command and the data set as separate
+    small writes; with Nagle on their side and delayed ACKs on ours each instance would wait ~40 ms.
+    """
+    got = 0
+    while got < len(view):
+        if _QUICKACK is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+        n = sock.recv_into(view[got:])
+        if n == 0:
+            return got
+        got += n
+    return got
 
 
 class PduStream:
@@ -19,22 +39,12 @@ class PduStream:
     def __init__(self, sock: socket.socket, address: str) -> None:
         self.sock = sock
         self.address = address
-        self._quickack = getattr(socket, "TCP_QUICKACK", None)
         with contextlib.suppress(OSError):  # not TCP (e.g. a socket pair in tests): keep the defaults
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # our PDUs go out at once
 
     def _recv_into(self, view: memoryview) -> None:
-        got = 0
-        while got < len(view):
-            if self._quickack is not None:
-                # Many senders write the command and the data set as separate small writes; with
-                # Nagle on their side and delayed ACKs on ours each instance would wait ~40 ms.
-                with contextlib.suppress(OSError):
-                    self.sock.setsockopt(socket.IPPROTO_TCP, self._quickack, 1)
-            n = self.sock.recv_into(view[got:])
-            if n == 0:
-                raise ConnectionResetError("the peer closed the connection")
-            got += n
+        if recv_exactly(self.sock, view) < len(view):
+            raise ConnectionResetError("the peer closed the connection")
 
     def read_pdu(self, limit: int) -> tuple[int, bytearray]:
         """(PDU type, body); a PDU longer than ``limit`` bytes raises :class:`PduError`."""

@@ -98,7 +98,7 @@ def scp(tmp_path: Path) -> Iterator[StorageSCP]:
     settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_pdu=16384,
                              max_dataset_bytes=1 << 20).model_copy(update={"port": 0})
     server = StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
-                        ScpTimeouts(acse=1.0, dimse=5, network=5), commitment_sink=lambda report, ae: None)
+                        ScpTimeouts(acse=10, dimse=10, network=10), commitment_sink=lambda report, ae: None)
     server.start()
     try:
         yield server
@@ -152,14 +152,17 @@ def test_data_before_association_is_aborted(scp: StorageSCP) -> None:
     assert _echo_ok(scp.port)
 
 
-def test_silent_connection_is_closed_after_the_artim_timeout(scp: StorageSCP) -> None:
-    peer = RawPeer(scp.port)
-    started = time.monotonic()
-    kind, _ = peer.pdu()  # acse=1 s: the acceptor gives up and aborts
-    assert kind == 0x07
-    assert peer.closed()
-    assert time.monotonic() - started < 8
-    assert _echo_ok(scp.port)
+def test_silent_connection_is_closed_after_the_artim_timeout(tmp_path: Path) -> None:
+    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1").model_copy(update={"port": 0})
+    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
+                    ScpTimeouts(acse=1.0, dimse=10, network=10)) as server:
+        peer = RawPeer(server.port)
+        started = time.monotonic()
+        kind, _ = peer.pdu()  # acse=1 s: the acceptor gives up and aborts
+        assert kind == 0x07
+        assert peer.closed()
+        assert time.monotonic() - started < 8
+        assert _echo_ok(server.port)
 
 
 def test_negotiation_answers_each_context(scp: StorageSCP) -> None:
