@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/ingest.py                 # everything, 3 rounds, medians
     .venv/bin/python benchmarks/ingest.py --rounds 1 --only receive
+    .venv/bin/python benchmarks/ingest.py --only breakdown   # where receiving's time goes
 
 Receiving: DCMTK ``storescu`` sends the series to
   * DCMTK ``storescp`` (the reference; DCMTK 3.6.7's storescp has no fsync option, so it never
@@ -38,19 +39,23 @@ Single rounds of the same code earlier that day, under other load, gave 1 assoc 
 (pynetdicom's server and requestor, pydicom's header reader): 1 assoc 0.14-0.25, 4 assoc 0.18-0.20,
 sending 0.33.
 
-Where the time goes now, receiving (1 assoc, fsync on; process CPU from getrusage, one-off scripts
-with the same receiver): ~4.9 ms of CPU per instance (user 2.8, system 2.0) against DCMTK storescp's
-~1.3 ms of wall time per instance. Split by swapping parts out:
+Where the time goes now, receiving: ``--only breakdown`` adds the parts of the path one at a time
+(one association, our process's CPU per instance from getrusage; 2026-12-03, ``--rounds 3``):
 
-* association, PDUs, command sets, header scan, ingest checks (our acceptor with a spool that keeps
-  nothing and no database): 0.75 ms, 650-720 inst/s, i.e. DCMTK's speed, bounded by storescu's own
-  0.9 ms of CPU per instance;
-* the spool on tmpfs without fsync: +1.2 ms (SHA-256 of the 525 KB 0.35, copying them into the page
-  cache 0.33, temp file, rename, per-SOP index and lock ~0.5);
-* the database row (SQLite on tmpfs): +1.05 ms (SQLAlchemy ~0.4, hand-over to the group-commit
-  writer thread ~0.25, SQLite);
-* the real disk: the two fsyncs of the file and its directory (0.8 + 0.6 ms when the disk is quiet,
-  several ms when not) and ext4's journal work in the kernel (most of the 2.0 ms of system time).
+    DCMTK storescp                                 549 inst/s
+    acceptor, header, checks (keeps nothing)       466 inst/s  ratio 0.85  our CPU 1.02 ms/instance
+    + spool on tmpfs, no fsync                     332 inst/s  ratio 0.61  our CPU 2.12 ms/instance
+    + database row (SQLite on tmpfs)               200 inst/s  ratio 0.36  our CPU 4.01 ms/instance
+    + disk, fsync on (the service)                 132 inst/s  ratio 0.24  our CPU 4.91 ms/instance
+
+* the protocol side (our acceptor, the header scan, the ingest checks) nearly keeps up with DCMTK,
+  bounded by storescu's own ~0.9 ms of CPU per instance;
+* the spool costs ~1.1 ms of CPU even without a disk (SHA-256 of the 525 KB ~0.35, copying them into
+  the page cache ~0.33, temp file, rename, per-SOP index and lock);
+* the database row costs ~1.9 ms (SQLAlchemy's session and statements, the hand-over to the
+  group-commit writer thread and back, SQLite): the largest part, and the first to make cheaper;
+* the disk adds the two fsyncs of the file and its directory (0.8 + 0.6 ms when the disk is quiet,
+  several ms when not) and ext4's journal work in the kernel.
 
 With fsync off the time per instance hardly changes with one association: the Python work, not the
 disk, is the bound there; with four associations the fsyncs share journal commits and the one
@@ -65,6 +70,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import shutil
 import socket
 import statistics
@@ -80,9 +86,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from dicom_gateway import metrics
 from dicom_gateway.assembly import record_instance
 from dicom_gateway.batching import BatchingSink
+from dicom_gateway.ingest import InstanceSink
 from dicom_gateway.scp import ScpTimeouts, StorageSCP
 from dicom_gateway.scu import send_files
-from dicom_gateway.spool import Spool
+from dicom_gateway.spool import Spool, SpooledFile
 from tamsoat.core.db import Database, migrate
 from tamsoat.core.settings import Destination, DicomSettings
 
@@ -145,16 +152,26 @@ class DcmtkReceiver:
         self.proc.wait(10)
 
 
-class TamsoatReceiver:
-    """The service's receiving path: StorageSCP, spool and the SQLite instance row per instance."""
+class _KeepNothingSpool(Spool):
+    """A spool that stores nothing (for the breakdown: the protocol side alone)."""
 
-    def __init__(self, home: Path, fsync: bool) -> None:
+    def store(self, encoded: bytes, **_: object) -> SpooledFile:
+        return SpooledFile("-", "-", len(encoded), False, 1)
+
+
+class TamsoatReceiver:
+    """The service's receiving path: StorageSCP, spool and the SQLite instance row per instance.
+    ``parts`` < 3 leaves parts out for the breakdown: 1 keeps nothing, 2 a spool without a database."""
+
+    def __init__(self, home: Path, fsync: bool, parts: int = 3) -> None:
         url = f"sqlite:///{home / 'tamsoat.db'}"
         migrate(url)
         self.db = Database(url)
         settings = DicomSettings(ae_title="TAMSOAT", host="127.0.0.1", max_pdu=262144).model_copy(update={"port": 0})
         self.sink = BatchingSink(self.db, record_instance)  # as tamsoat.service wires it
-        self.scp = StorageSCP(settings, Spool(home / "spool", fsync=fsync), self.sink, ScpTimeouts())
+        spool = (_KeepNothingSpool if parts == 1 else Spool)(home / "spool", fsync=fsync)
+        sink: InstanceSink = self.sink if parts == 3 else (lambda stored: None)
+        self.scp = StorageSCP(settings, spool, sink, ScpTimeouts())
         self.scp.start()
         self.port = self.scp.port
 
@@ -182,7 +199,8 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3, help="repeat each measurement; the median is shown")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder on /tmp)")
-    ap.add_argument("--only", choices=["receive", "send"], default=None)
+    ap.add_argument("--only", choices=["receive", "send", "breakdown"], default=None,
+                    help="breakdown: one association, the receiving path's parts added one at a time")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -244,6 +262,9 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             report(f"tamsoat SCP, {parallel} assoc, fsync off", median_rate(
                 functools.partial(receive, "tamsoat", parallel, False), args.rounds), ref, (parallel, False))
 
+    if args.only == "breakdown":
+        _breakdown(args, files, work)
+
     if args.only in (None, "send"):
         print("sending (sender -> DCMTK storescp), 1 association")
         pacs = DcmtkReceiver(work / "pacs")
@@ -263,6 +284,50 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             report("tamsoat SCU (send_files)", median_rate(tamsoat_send, args.rounds), "DCMTK storescu")
         finally:
             pacs.close()
+
+
+def _breakdown(args: argparse.Namespace, files: list[Path], work: Path) -> None:
+    """One association, the receiving path's parts added one at a time: inst/s and our process's CPU
+    per instance (storescu's own CPU is its children's, not counted)."""
+    memory = Path("/dev/shm") if Path("/dev/shm").is_dir() else work  # tmpfs: no disk in the way
+    n = len(files)
+    variants = [
+        ("acceptor, header, checks (keeps nothing)", memory, False, 1),
+        ("+ spool on tmpfs, no fsync", memory, False, 2),
+        ("+ database row (SQLite on tmpfs)", memory, False, 3),
+        ("+ disk, fsync on (the service)", work, True, 3),
+    ]
+    print("receiving, 1 association, parts added one at a time (median of rounds)")
+    def dcmtk_round(i: int) -> float:
+        receiver = DcmtkReceiver(work / f"breakdown-dcmtk-{i}")
+        try:
+            os.sync()
+            return n / storescu(receiver.port, files, 1, "PACS")
+        finally:
+            receiver.close()
+
+    dcmtk = statistics.median(dcmtk_round(i) for i in range(args.rounds))
+    print(f"  {'DCMTK storescp':<44} {dcmtk:8.1f} inst/s")
+    for label, base, fsync, parts in variants:
+        rates, cpus = [], []
+        for _ in range(args.rounds):
+            home = Path(tempfile.mkdtemp(prefix="tamsoat-breakdown-", dir=base))
+            try:
+                receiver = TamsoatReceiver(home, fsync, parts)
+                os.sync()
+                before = resource.getrusage(resource.RUSAGE_SELF)
+                try:
+                    seconds = storescu(receiver.port, files, 1, "TAMSOAT")
+                finally:
+                    receiver.close()
+                after = resource.getrusage(resource.RUSAGE_SELF)
+            finally:
+                shutil.rmtree(home, ignore_errors=True)
+            rates.append(n / seconds)
+            cpus.append(1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / n)
+        rate = statistics.median(rates)
+        print(f"  {label:<44} {rate:8.1f} inst/s   ratio {rate / dcmtk:.2f}   our CPU "
+              f"{statistics.median(cpus):.2f} ms/instance", flush=True)
 
 
 if __name__ == "__main__":
