@@ -93,6 +93,16 @@ class RawPeer:
         self.sock.close()
 
 
+QUICK = ScpTimeouts(5, 5, 5)
+
+
+def own_scp(tmp_path: Path, timeouts: ScpTimeouts = QUICK, **settings: object) -> StorageSCP:
+    """A StorageSCP on 127.0.0.1 (a free port) with ``settings``, a throw-away spool and a recording sink."""
+    config = DicomSettings(**{"ae_title": SCP_AE, "host": "127.0.0.1", **settings})  # type: ignore[arg-type]
+    return StorageSCP(config.model_copy(update={"port": 0}), Spool(tmp_path / "spool", fsync=False),
+                      RecordingSink(), timeouts)
+
+
 @pytest.fixture
 def scp(tmp_path: Path) -> Iterator[StorageSCP]:
     settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_pdu=16384,
@@ -153,9 +163,7 @@ def test_data_before_association_is_aborted(scp: StorageSCP) -> None:
 
 
 def test_silent_connection_is_closed_after_the_artim_timeout(tmp_path: Path) -> None:
-    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1").model_copy(update={"port": 0})
-    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
-                    ScpTimeouts(acse=1.0, dimse=10, network=10)) as server:
+    with own_scp(tmp_path, ScpTimeouts(acse=1.0, dimse=10, network=10)) as server:
         peer = RawPeer(server.port)
         started = time.monotonic()
         kind, _ = peer.pdu()  # acse=1 s: the acceptor gives up and aborts
@@ -326,9 +334,7 @@ def test_malformed_associate_rq_is_aborted(scp: StorageSCP) -> None:
 
 def test_a_message_left_unfinished_is_aborted_after_the_dimse_timeout(tmp_path: Path) -> None:
     """Between messages the (long) network timeout applies; inside one, the DIMSE timeout."""
-    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1").model_copy(update={"port": 0})
-    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
-                    ScpTimeouts(acse=5, dimse=0.5, network=30)) as server:
+    with own_scp(tmp_path, ScpTimeouts(acse=5, dimse=0.5, network=30)) as server:
         peer = RawPeer(server.port)
         peer.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
         time.sleep(1.0)  # idle between messages: longer than dimse, still served
@@ -346,8 +352,7 @@ def test_rejections_of_the_acceptor_are_counted(tmp_path: Path) -> None:
         return metrics.REGISTRY.get_sample_value(
             "tamsoat_dicom_associations_total", {"calling_ae": "(unlisted)", "result": "rejected"}) or 0.0
 
-    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_associations=1).model_copy(update={"port": 0})
-    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(), ScpTimeouts(5, 5, 5)) as server:
+    with own_scp(tmp_path, max_associations=1) as server:
         before = rejected()
         first = RawPeer(server.port)
         first.associate([(1, VERIFICATION, [ImplicitVRLittleEndian])])
@@ -363,9 +368,7 @@ def test_rejections_of_the_acceptor_are_counted(tmp_path: Path) -> None:
 def test_a_flood_of_silent_connections_is_capped(tmp_path: Path) -> None:
     """max_associations=1: at most 2 * 1 + 16 connections get a thread; the rest are closed at once,
     and the SCP serves again as soon as the flood is gone."""
-    settings = DicomSettings(ae_title=SCP_AE, host="127.0.0.1", max_associations=1).model_copy(update={"port": 0})
-    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(),
-                    ScpTimeouts(acse=30, dimse=5, network=5)) as server:
+    with own_scp(tmp_path, ScpTimeouts(acse=30, dimse=5, network=5), max_associations=1) as server:
         flood = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(40)]
         try:
             closed = 0
@@ -389,8 +392,7 @@ def test_ipv6_loopback_with_the_allow_list(tmp_path: Path) -> None:
     from tamsoat.core.settings import AllowedPeer, Destination
 
     peers = [AllowedPeer(ae_title="MODALITY", host="::1")]
-    settings = DicomSettings(ae_title=SCP_AE, host="::1", allowed_peers=peers).model_copy(update={"port": 0})
-    with StorageSCP(settings, Spool(tmp_path / "spool", fsync=False), RecordingSink(), ScpTimeouts(5, 5, 5)) as server:
+    with own_scp(tmp_path, host="::1", allowed_peers=peers) as server:
         here = Destination(name="self", ae_title=SCP_AE, host="::1", port=server.port)
         assert echo(here, "MODALITY").ok
         refused = echo(here, "STRANGER")
