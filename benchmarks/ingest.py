@@ -50,12 +50,13 @@ Where the time goes now, receiving: ``--only breakdown`` adds the parts of the p
 
 * the protocol side (our acceptor, the header scan, the ingest checks) nearly keeps up with DCMTK,
   bounded by storescu's own ~0.9 ms of CPU per instance;
-* the spool costs ~1.1 ms of CPU even without a disk (SHA-256 of the 525 KB ~0.35, copying them into
-  the page cache ~0.33, temp file, rename, per-SOP index and lock);
+* the spool costs ~1.1 ms of CPU even without a disk (by a one-off profile of ``Spool.store`` on
+  tmpfs: SHA-256 of the 525 KB ~0.35, copying them into the page cache ~0.33, temp file, rename,
+  per-SOP index and lock);
 * the database row costs ~1.9 ms (SQLAlchemy's session and statements, the hand-over to the
   group-commit writer thread and back, SQLite): the largest part, and the first to make cheaper;
-* the disk adds the two fsyncs of the file and its directory (0.8 + 0.6 ms when the disk is quiet,
-  several ms when not) and ext4's journal work in the kernel.
+* the disk adds the two fsyncs of the file and its directory (a one-off raw loop: 0.8 + 0.6 ms when
+  the disk is quiet, several ms when not) and ext4's journal work in the kernel.
 
 With fsync off the time per instance hardly changes with one association: the Python work, not the
 disk, is the bound there; with four associations the fsyncs share journal commits and the one
