@@ -27,7 +27,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -112,10 +112,11 @@ class Services(Protocol):
     def c_echo(self, assoc: Association) -> int: ...
 
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None, size: int) -> tuple[int, str | None]:
-        """Store one instance; returns (status, error comment). ``data`` is None when the request had
-        no data set (``size`` 0) or when its ``size`` bytes were over ``max_dataset_bytes`` and
-        were dropped as they arrived."""
+                data: Sequence[memoryview] | None, size: int) -> tuple[int, str | None]:
+        """Store one instance; returns (status, error comment). ``data`` is the data set as the
+        fragments it arrived in (views of the PDU buffers, not to be kept after the call); None when
+        the request had no data set (``size`` 0) or when its ``size`` bytes were over
+        ``max_dataset_bytes`` and were dropped as they arrived."""
 
     def n_event_report(self, assoc: Association, context: Presentation, cmd: Command,
                        data: bytes | None) -> int: ...
@@ -368,8 +369,7 @@ class Acceptor:
                             data_parts = []  # too big: read it to its end, keep none of it
                         if control & 0x02:
                             kept = data_size <= self.config.max_dataset_bytes
-                            data = b"".join(data_parts) if kept else None
-                            data_parts = []
+                            data, data_parts = (data_parts if kept else None), []
                             self._dispatch(conn, assoc, pending[0], pending[1], data, data_size)
                             pending = None
             elif kind == ul.A_RELEASE_RQ:
@@ -395,7 +395,7 @@ class Acceptor:
         return cmd
 
     def _dispatch(self, conn: PduStream, assoc: Association, context: Presentation, cmd: Command,
-                  data: bytes | None, size: int = 0) -> None:
+                  data: list[memoryview] | None, size: int = 0) -> None:
         field_ = cmd.us(COMMAND_FIELD)
         message_id = cmd.us(MESSAGE_ID)
         sop_class = cmd.uid(AFFECTED_SOP_CLASS) or None
@@ -414,7 +414,7 @@ class Acceptor:
                 (DATA_SET_TYPE, "US", _NO_DATA_SET), (STATUS, "US", self.services.c_echo(assoc)),
             )
         elif field_ == _N_EVENT_REPORT_RQ:
-            status = self.services.n_event_report(assoc, context, cmd, data)
+            status = self.services.n_event_report(assoc, context, cmd, None if data is None else b"".join(data))
             response = command(
                 (AFFECTED_SOP_CLASS, "UI", sop_class), (COMMAND_FIELD, "US", 0x8100), (RESPONDED_TO, "US", message_id),
                 (DATA_SET_TYPE, "US", _NO_DATA_SET), (STATUS, "US", status),

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from dicom_gateway.scp import StoredInstance
@@ -24,15 +25,28 @@ log = logging.getLogger(__name__)
 OnStudyClosed = Callable[[Session, str], None]
 
 
-def record_instance(session: Session, stored: StoredInstance, now: datetime | None = None) -> None:
-    """Add a stored instance to its study (creating the study on its first instance)."""
+def record_instance(conn: Connection, stored: StoredInstance, now: datetime | None = None) -> None:
+    """Add a stored instance to its study (creating the study on its first instance), in the
+    transaction open on ``conn``; the caller commits it (and flushes first what a session of its
+    own on ``conn`` has pending: this reads the database, not that session).
+
+    The instance after the first of a receiving study (every instance but a handful) takes two Core
+    statements; the rest goes through the ORM, in a session that joins ``conn``'s transaction.
+    """
     now = now or datetime.now(UTC)
-    if stored.duplicate and _already_recorded(session, stored):
+    if stored.duplicate and _already_recorded(conn, stored):
         log.info("instance.duplicate sop=%s study=%s", stored.sop_instance_uid, stored.study_instance_uid)
         return
-    if _record_common_case(session, stored, now):
+    if _record_common_case(conn, stored, now):
         return
-    # A duplicate that is not recorded yet: the first store was spooled but its row was not committed.
+    with Session(bind=conn, join_transaction_mode="rollback_only") as session:
+        _record_with_orm(session, stored, now)
+        session.commit()  # flushes into conn's transaction, which stays open for the caller
+
+
+def _record_with_orm(session: Session, stored: StoredInstance, now: datetime) -> None:
+    """A new study, a re-opened one, a new modality, a new version, or a duplicate that is not
+    recorded yet (the first store was spooled but its row was not committed)."""
     study = session.get(Study, stored.study_instance_uid)
     attrs = stored.attributes
     if study is None:
@@ -81,37 +95,36 @@ def _instance_values(stored: StoredInstance, now: datetime) -> dict[str, object]
     }
 
 
-def _record_common_case(session: Session, stored: StoredInstance, now: datetime) -> bool:
+def _record_common_case(conn: Connection, stored: StoredInstance, now: datetime) -> bool:
     """The instance after the first of a study that is still receiving, first version, modality
-    already listed: two plain statements instead of the ORM (this runs for every instance).
-    Returns False, having changed nothing, for every other case."""
+    already listed. Returns False for every other case, having at most moved the study's
+    ``last_received_at`` (which the ORM path sets too)."""
     if stored.version != 1:
         return False
-    session.flush()  # pending ORM changes of this transaction first (batches mix both paths)
-    conn = session.connection()  # Core statements on the session's transaction: no ORM bookkeeping
-    row = conn.execute(_STUDY_STATE, {"uid": stored.study_instance_uid}).first()
-    if row is None or row.state != StudyState.RECEIVING.value:
-        return False
+    row = conn.execute(_TOUCH_RECEIVING_STUDY, {"uid": stored.study_instance_uid, "now": now}).first()
+    if row is None:
+        return False  # a new study, or one that closed: the ORM path opens or re-opens it
     modality = stored.attributes.get("Modality", "")
     if modality and modality not in row.modalities.split("\\"):
         return False
-    conn.execute(_TOUCH_STUDY, {"uid": stored.study_instance_uid, "now": now})
     conn.execute(_INSERT_INSTANCE, _instance_values(stored, now))
-    session.expire_all()  # ORM objects loaded earlier in this session must not shadow these writes
     return True
 
 
-_STUDY_STATE = select(Study.state, Study.modalities).where(Study.study_instance_uid == bindparam("uid"))
-_TOUCH_STUDY = (update(Study).where(Study.study_instance_uid == bindparam("uid"))
-                .values(last_received_at=bindparam("now", type_=Study.__table__.c.last_received_at.type)))
+_TOUCH_RECEIVING_STUDY = (
+    update(Study)
+    .where(Study.study_instance_uid == bindparam("uid"), Study.state == StudyState.RECEIVING.value)
+    .values(last_received_at=bindparam("now", type_=Study.__table__.c.last_received_at.type))
+    .returning(Study.modalities)
+)
 _INSERT_INSTANCE = insert(Instance)
 
 
-def _already_recorded(session: Session, stored: StoredInstance) -> bool:
-    return session.scalar(
+def _already_recorded(conn: Connection, stored: StoredInstance) -> bool:
+    return conn.execute(
         select(Instance.id).where(Instance.sop_instance_uid == stored.sop_instance_uid,
                                   Instance.version == stored.version)
-    ) is not None
+    ).first() is not None
 
 
 def close_quiet_studies(

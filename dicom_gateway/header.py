@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from typing import overload
 
 from pydicom.uid import UID
 
@@ -109,9 +110,19 @@ class _Reader:
         return end
 
 
-def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]:
+@overload
+def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]: ...
+@overload
+def scan_header(encoded: bytes, transfer_syntax_uid: str, *, partial: bool) -> dict[int, bytes] | None: ...
+
+
+def scan_header(encoded: bytes, transfer_syntax_uid: str, *, partial: bool = False) -> dict[int, bytes] | None:
     """The raw values (as encoded, padding included) of the :data:`WANTED` elements present at the
-    top level of ``encoded``, a data set in ``transfer_syntax_uid``."""
+    top level of ``encoded``, a data set in ``transfer_syntax_uid``.
+
+    With ``partial``, ``encoded`` is only the data set's first bytes: None when they end before an
+    element past the wanted ones (the rest may hold more of them); an element cut by their end
+    raises :class:`HeaderError` like a malformed one."""
     ts = UID(transfer_syntax_uid)
     data = encoded
     if ts.is_deflated:
@@ -125,7 +136,7 @@ def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]:
     while pos < len(data):
         tag, vr, length, value = reader.element(pos)
         if tag > _LAST:
-            break
+            return found
         if tag in WANTED:
             if length == _UNDEFINED:
                 raise HeaderError(f"({tag >> 16:04X},{tag & 0xFFFF:04X}) has an undefined length")
@@ -134,7 +145,7 @@ def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]:
             pos = end
         else:
             pos = reader.skip_value(vr, length, value, 0)
-    return found
+    return None if partial else found
 
 
 def scan_file_meta(head: bytes) -> tuple[dict[int, bytes], int]:

@@ -1,9 +1,10 @@
 """One way in for every received instance, whatever carried it (DIMSE C-STORE or STOW-RS).
 
-:meth:`Ingestor.ingest` takes a data set exactly as received (bytes after the File Meta
-Information, in its transfer syntax), reads only the header elements it needs
-(:mod:`dicom_gateway.header`), checks the SOP class and UIDs, has the spool make it durable, hands
-it to the sink (the database row) and only then returns. Anything that stops it raises
+:meth:`Ingestor.ingest` takes a data set exactly as received (its bytes after the File Meta
+Information, in its transfer syntax, in the pieces they arrived in: P-DATA fragments are never
+joined), reads only the header elements it needs from its first bytes (:mod:`dicom_gateway.header`),
+checks the SOP class and UIDs, has the spool make it durable, hands it to the sink (the database
+row) and only then returns. Anything that stops it raises
 :class:`IngestRefused` with the DICOM status to answer (the SCP puts it in the C-STORE response,
 STOW-RS in the FailureReason).
 
@@ -16,15 +17,15 @@ import errno
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from pydicom.charset import convert_encodings, decode_bytes
 
 from dicom_gateway import metrics
 from dicom_gateway import status as st
-from dicom_gateway.header import WANTED, scan_header
-from dicom_gateway.spool import OutOfResourcesError, Spool, SpoolFullError
+from dicom_gateway.header import WANTED, HeaderError, scan_header
+from dicom_gateway.spool import Chunk, OutOfResourcesError, Spool, SpoolFullError
 from dicom_gateway.uids import InvalidUIDError, validate_uid
 
 __all__ = [
@@ -123,6 +124,29 @@ def _header_uid(header: dict[int, bytes], keyword: str) -> str:
     return validate_uid(raw.decode("ascii", errors="replace"), keyword)
 
 
+_HEADER_PREFIX = 64 * 1024  # the header elements we read sit in the first few hundred bytes
+
+
+def _read_header(chunks: Sequence[Chunk], transfer_syntax: str) -> dict[int, bytes]:
+    """The wanted header elements, read from the data set's first bytes; from all of them only when
+    those do not reach past the last wanted element (e.g. large sequences before it)."""
+    head: list[Chunk] = []
+    size = 0
+    for chunk in chunks:
+        if size >= _HEADER_PREFIX:
+            break
+        head.append(chunk)
+        size += len(chunk)
+    if len(head) < len(chunks) or size > _HEADER_PREFIX:
+        try:
+            found = scan_header(b"".join(head)[:_HEADER_PREFIX], transfer_syntax, partial=True)
+        except HeaderError:
+            found = None  # an element runs past the prefix: read the whole data set below
+        if found is not None:
+            return found
+    return scan_header(b"".join(chunks), transfer_syntax)
+
+
 def _display_attributes(header: dict[int, bytes]) -> dict[str, str]:
     charset_raw = header.get(_TAGS["SpecificCharacterSet"])
     terms: list[str] = []
@@ -153,7 +177,7 @@ class Ingestor:
 
     def ingest(
         self,
-        encoded: bytes,
+        chunks: Sequence[Chunk],
         transfer_syntax_uid: str,
         origin: Origin,
         *,
@@ -161,14 +185,15 @@ class Ingestor:
         expected_sop_instance: str | None = None,
         expected_study: str | None = None,
     ) -> StoredInstance:
-        """Store one data set; returns once it is durable and recorded, else raises
+        """Store one data set (``chunks``: its bytes, in one piece or as they arrived); returns once
+        it is durable and recorded, else raises
         :class:`IngestRefused`. The ``expected_*`` values are what the carrier announced (the
         C-STORE request, the STOW-RS URL, the part's File Meta Information); a data set that
         disagrees with them is refused."""
         started = time.perf_counter()
         request_sop = (expected_sop_instance or "")[:64]
         try:
-            stored = self._ingest(encoded, transfer_syntax_uid, origin, expected_sop_class,
+            stored = self._ingest(chunks, transfer_syntax_uid, origin, expected_sop_class,
                                   expected_sop_instance, expected_study)
         except IngestRefused as exc:
             self.refused(origin, request_sop, exc)
@@ -186,7 +211,8 @@ class Ingestor:
             origin.source, stored.sop_instance_uid, stored.series_instance_uid, stored.study_instance_uid,
             stored.version, stored.duplicate, origin.calling_ae_title, origin.peer_address,
         )
-        self._count(origin, "duplicate" if stored.duplicate else "stored", st.SUCCESS, len(encoded), started)
+        size = sum(len(c) for c in chunks)
+        self._count(origin, "duplicate" if stored.duplicate else "stored", st.SUCCESS, size, started)
         return stored
 
     def refused(self, origin: Origin, sop_instance_uid: str, refusal: IngestRefused) -> None:
@@ -207,7 +233,7 @@ class Ingestor:
 
     def _ingest(
         self,
-        encoded: bytes,
+        chunks: Sequence[Chunk],
         transfer_syntax: str,
         origin: Origin,
         expected_sop_class: str | None,
@@ -215,7 +241,7 @@ class Ingestor:
         expected_study: str | None,
     ) -> StoredInstance:
         try:
-            header = scan_header(encoded, transfer_syntax)
+            header = _read_header(chunks, transfer_syntax)
         except Exception as exc:
             raise IngestRefused(st.UNDECODABLE, f"cannot decode data set: {type(exc).__name__}") from exc
 
@@ -242,7 +268,7 @@ class Ingestor:
 
         try:
             spooled = self.spool.store(
-                encoded,
+                chunks,
                 sop_class_uid=sop_class,
                 sop_instance_uid=sop,
                 study_instance_uid=study,

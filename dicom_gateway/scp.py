@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 
@@ -301,7 +301,7 @@ class StorageSCP:
 
     # -- C-STORE ----------------------------------------------------------------------------------
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None, size: int) -> tuple[int, str | None]:
+                data: Sequence[memoryview] | None, size: int) -> tuple[int, str | None]:
         origin = Origin(calling_ae_title=assoc.calling_ae_title, called_ae_title=assoc.called_ae_title,
                         peer_address=assoc.peer_address)
         requested_class = cmd.uid(AFFECTED_SOP_CLASS)

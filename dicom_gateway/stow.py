@@ -174,7 +174,7 @@ def store_part(ingestor: Ingestor, headers: dict[str, str], body: bytes, origin:
     if sop_class not in storage_classes:
         return PartOutcome(ref_class, ref_sop, st.SOP_CLASS_NOT_SUPPORTED, "not a storage SOP class")
     try:
-        stored = ingestor.ingest(encoded, syntax, origin, expected_sop_class=sop_class,
+        stored = ingestor.ingest((encoded,), syntax, origin, expected_sop_class=sop_class,
                                  expected_sop_instance=sop, expected_study=study)
     except IngestRefused as exc:
         return PartOutcome(ref_class, ref_sop, exc.status, exc.comment)

@@ -122,14 +122,14 @@ def receive(db: Database, spool_root: Path, paths: Sequence[Path], *, calling_ae
             called_ae: str = "TAMSOAT") -> str:
     """Store files through the gateway's ingest path (as a C-STORE would); returns the Study Instance UID."""
     def sink(stored: StoredInstance) -> None:
-        with db.session() as s:
-            record_instance(s, stored)
+        with db.engine.begin() as conn:
+            record_instance(conn, stored)
 
     ingestor = Ingestor(Spool(spool_root, fsync=False), sink)
     study = ""
     for path in paths:
         encoded, syntax = _dataset_bytes(path)
-        study = ingestor.ingest(encoded, syntax, Origin(calling_ae, called_ae, "127.0.0.1")).study_instance_uid
+        study = ingestor.ingest((encoded,), syntax, Origin(calling_ae, called_ae, "127.0.0.1")).study_instance_uid
     return study
 
 

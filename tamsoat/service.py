@@ -33,7 +33,7 @@ class Service:
         settings.home.mkdir(parents=True, exist_ok=True)
         migrate(settings.db_url)
         self.db = Database(settings.db_url)
-        self.spool = Spool(settings.spool_path)
+        self.spool = Spool(settings.spool_path, keep_cached=settings.spool_page_cache)
         self.spool.recover()
         self.ctx = TaskContext(settings=settings, db=self.db,
                                sender=functools.partial(send_files, tls_config=settings.dicom.tls))

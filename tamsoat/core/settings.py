@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: Path(os.path.expanduser("~/.tamsoat")))
     database_url: str | None = Field(default=None, description="default: sqlite file in home")
     spool_dir: Path | None = Field(default=None, description="default: <home>/spool")
+    spool_page_cache: bool = Field(default=False, description="keep each received file in the page cache once "
+                                   "it is durable (its first read by inference is faster; memory fills with "
+                                   "files read once); default: drop it")
     reports_dir: Path | None = Field(default=None, description="default: <home>/reports")
     models_dir: Path = REPO_ROOT / "models"
     routing_file: Path = PACKAGE_DEFAULTS / "routing.yaml"

@@ -36,8 +36,8 @@ def closed_log() -> tuple[list[str], object]:
 
 def test_study_closes_after_the_quiet_period_only(db: Database) -> None:
     with db.session() as s:
-        record_instance(s, stored("1.1"), now=T0)
-        record_instance(s, stored("1.2", modality="PT"), now=T0 + timedelta(seconds=5))
+        record_instance(s.connection(), stored("1.1"), now=T0)
+        record_instance(s.connection(), stored("1.2", modality="PT"), now=T0 + timedelta(seconds=5))
     seen, on_closed = closed_log()
     with db.session() as s:
         assert close_quiet_studies(s, 10, on_closed, now=T0 + timedelta(seconds=14)) == []  # type: ignore[arg-type]
@@ -50,12 +50,14 @@ def test_study_closes_after_the_quiet_period_only(db: Database) -> None:
 
 def test_duplicates_change_nothing_and_late_instances_reopen(db: Database) -> None:
     with db.session() as s:
-        record_instance(s, stored("1.1"), now=T0)
+        record_instance(s.connection(), stored("1.1"), now=T0)
         close_quiet_studies(s, 1, lambda *_: None, now=T0 + timedelta(seconds=2))
-        record_instance(s, stored("1.1", duplicate=True), now=T0 + timedelta(seconds=3))
+        s.flush()  # record_instance works on the connection: it sees what the session has flushed
+        record_instance(s.connection(), stored("1.1", duplicate=True), now=T0 + timedelta(seconds=3))
         study = s.get(Study, STUDY)
         assert study is not None and study.state == StudyState.QUEUED
-        record_instance(s, stored("1.2"), now=T0 + timedelta(seconds=4))
+        record_instance(s.connection(), stored("1.2"), now=T0 + timedelta(seconds=4))
+        s.refresh(study)
         assert study.state == StudyState.RECEIVING and study.closed_at is None
         assert "study.reopened" in s.scalars(select(AuditEvent.action)).all()
 
@@ -63,8 +65,8 @@ def test_duplicates_change_nothing_and_late_instances_reopen(db: Database) -> No
 def test_unrecorded_duplicate_is_recorded_and_new_version_supersedes(db: Database) -> None:
     with db.session() as s:
         # The first store's row was lost (the sink failed): the peer's retry arrives as a duplicate.
-        record_instance(s, stored("1.1", duplicate=True), now=T0)
-        record_instance(s, replace(stored("1.1", version=2), sha256="b" * 64), now=T0)
+        record_instance(s.connection(), stored("1.1", duplicate=True), now=T0)
+        record_instance(s.connection(), replace(stored("1.1", version=2), sha256="b" * 64), now=T0)
         rows = s.scalars(select(Instance).order_by(Instance.version)).all()
         assert [(r.version, r.current) for r in rows] == [(1, False), (2, True)]
         assert "instance.new_version" in s.scalars(select(AuditEvent.action)).all()
@@ -74,10 +76,10 @@ def test_instances_of_a_receiving_study_are_recorded_in_one_batch(db: Database) 
     """Several instances in one transaction (as the batching sink commits them), the common case
     included: each gets its row, the study its latest arrival time, modalities their union."""
     with db.session() as s:
-        record_instance(s, stored("1.2.3.4.1"), now=T0)
-        record_instance(s, stored("1.2.3.4.2"), now=T0 + timedelta(seconds=1))
-        record_instance(s, stored("1.2.3.4.3", modality="PT"), now=T0 + timedelta(seconds=2))
-        record_instance(s, stored("1.2.3.4.4"), now=T0 + timedelta(seconds=3))
+        record_instance(s.connection(), stored("1.2.3.4.1"), now=T0)
+        record_instance(s.connection(), stored("1.2.3.4.2"), now=T0 + timedelta(seconds=1))
+        record_instance(s.connection(), stored("1.2.3.4.3", modality="PT"), now=T0 + timedelta(seconds=2))
+        record_instance(s.connection(), stored("1.2.3.4.4"), now=T0 + timedelta(seconds=3))
     with db.session() as s:
         study = s.get(Study, STUDY)
         assert study is not None and study.state == StudyState.RECEIVING

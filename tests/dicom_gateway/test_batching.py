@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.engine import Connection
 
 from dicom_gateway.assembly import record_instance
 from dicom_gateway.batching import BatchingSink
@@ -51,10 +51,10 @@ def test_concurrent_first_instances_of_one_study_all_succeed(db: Database) -> No
 
 
 def test_a_failing_instance_fails_alone(db: Database) -> None:
-    def record(session: Session, stored: StoredInstance) -> None:
+    def record(conn: Connection, stored: StoredInstance) -> None:
         if stored.sop_instance_uid.endswith(".bad"):
             raise ValueError("cannot record this one")
-        record_instance(session, stored)
+        record_instance(conn, stored)
 
     sink = BatchingSink(db, record)
     results: dict[str, str] = {}
@@ -80,3 +80,38 @@ def test_a_failing_instance_fails_alone(db: Database) -> None:
         assert s.scalar(select(func.count()).select_from(Instance)) == 5
     with pytest.raises(RuntimeError, match="stopped"):
         sink(BASE)
+
+
+def test_a_lone_caller_records_in_its_own_thread(db: Database) -> None:
+    """No hand-over to another thread when nobody else is recording (one association)."""
+    threads: list[threading.Thread] = []
+
+    def record(conn: Connection, stored: StoredInstance) -> None:
+        threads.append(threading.current_thread())
+        record_instance(conn, stored)
+
+    sink = BatchingSink(db, record)
+    for i in range(3):
+        sink(replace(BASE, sop_instance_uid=f"1.2.3.4.{i}", path=f"x/{i}.dcm"))
+    sink.close()
+    assert threads == [threading.current_thread()] * 3
+
+
+def test_a_dropped_connection_is_replaced(db: Database) -> None:
+    sink = BatchingSink(db, record_instance)
+    sink(replace(BASE, sop_instance_uid="1.2.3.4.1", path="x/1.dcm"))
+    assert sink._connection is not None
+    sink._connection.invalidate()  # as after the database server restarted
+    sink(replace(BASE, sop_instance_uid="1.2.3.4.2", path="x/2.dcm"))
+    sink.close()
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Instance)) == 2
+
+
+def test_close_records_what_is_queued_and_releases_the_connection(db: Database) -> None:
+    sink = BatchingSink(db, record_instance)
+    sink(BASE)
+    sink.close()
+    assert sink._connection is None
+    with pytest.raises(RuntimeError, match="stopped"):
+        sink(replace(BASE, sop_instance_uid="1.2.3.4.9"))

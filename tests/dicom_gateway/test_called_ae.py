@@ -33,8 +33,8 @@ CALLED_NOT_RECOGNISED = (0x01, 0x01, 0x07)
 def scp(tmp_path: Path, db: Database) -> Iterator[RunningSCP]:
     """An SCP called TAMSOAT and TAMSOAT_RES whose instances are recorded in the database."""
     def to_db(stored: StoredInstance) -> None:
-        with db.session() as s:
-            record_instance(s, stored)
+        with db.engine.begin() as conn:
+            record_instance(conn, stored)
 
     server = start_scp(tmp_path, extra_ae_titles=[EXTRA], forward=to_db)
     try:

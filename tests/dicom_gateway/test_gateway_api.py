@@ -50,8 +50,8 @@ def api(db: Database, tmp_path: Path) -> Iterator[Api]:
     spool = Spool(tmp_path / "spool", fsync=False)
 
     def sink(stored: StoredInstance) -> None:
-        with db.session() as s:
-            record_instance(s, stored)
+        with db.engine.begin() as conn:
+            record_instance(conn, stored)
 
     tokens = {}
     with db.session() as s:

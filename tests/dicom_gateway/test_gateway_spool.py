@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -46,7 +47,7 @@ def temp_files(root: Path) -> list[Path]:
 def test_store_writes_part10_with_dataset_as_received(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool")
     data, uids = encode()
-    result = spool.store(data, source_ae_title="MODALITY", **uids)
+    result = spool.store((data,), source_ae_title="MODALITY", **uids)
 
     assert result.path_relative == (
         f"{uids['study_instance_uid']}/{uids['series_instance_uid']}/{uids['sop_instance_uid']}.dcm"
@@ -69,10 +70,10 @@ def test_store_writes_part10_with_dataset_as_received(tmp_path: Path) -> None:
 def test_duplicate_same_content_is_not_rewritten(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
-    first = spool.store(data, **uids)
+    first = spool.store((data,), **uids)
     path = spool.path(first.path_relative)
     mtime = path.stat().st_mtime_ns
-    second = spool.store(data, source_ae_title="OTHER", **uids)
+    second = spool.store((data,), source_ae_title="OTHER", **uids)
     assert second.duplicate and second.version == 1
     assert second.path_relative == first.path_relative
     assert path.stat().st_mtime_ns == mtime
@@ -90,15 +91,15 @@ def test_same_uid_other_content_is_a_new_version(tmp_path: Path) -> None:
         series_uid=uids["series_instance_uid"],
     )
     assert data1 != data2
-    first = spool.store(data1, **uids)
-    second = spool.store(data2, **uids)
+    first = spool.store((data1,), **uids)
+    second = spool.store((data2,), **uids)
     assert not second.duplicate and second.version == 2
     assert second.path_relative.endswith(f"{uids['sop_instance_uid']}.v2.dcm")
     assert dataset_bytes(spool.path(first.path_relative)) == data1
     assert dataset_bytes(spool.path(second.path_relative)) == data2
     # Re-sending either content again is a duplicate of its own version.
-    assert spool.store(data1, **uids).version == 1
-    again = spool.store(data2, **uids)
+    assert spool.store((data1,), **uids).version == 1
+    again = spool.store((data2,), **uids)
     assert again.duplicate and again.version == 2
     assert [v.version for v in spool.versions(uids["sop_instance_uid"])] == [1, 2]
 
@@ -106,9 +107,9 @@ def test_same_uid_other_content_is_a_new_version(tmp_path: Path) -> None:
 def test_versions_are_per_sop_uid_across_studies(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     data1, uids = encode(seed=1)
-    spool.store(data1, **uids)
+    spool.store((data1,), **uids)
     data2, uids2 = encode(seed=2, sop_uid=uids["sop_instance_uid"])  # same SOP UID, new study
-    result = spool.store(data2, **uids2)
+    result = spool.store((data2,), **uids2)
     assert result.version == 2
     assert result.path_relative.startswith(uids2["study_instance_uid"] + "/")
 
@@ -116,9 +117,9 @@ def test_versions_are_per_sop_uid_across_studies(tmp_path: Path) -> None:
 def test_restores_a_known_version_whose_file_was_removed(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
-    first = spool.store(data, **uids)
+    first = spool.store((data,), **uids)
     spool.path(first.path_relative).unlink()
-    again = spool.store(data, **uids)
+    again = spool.store((data,), **uids)
     assert again.duplicate and again.version == 1
     assert dataset_bytes(spool.path(first.path_relative)) == data
 
@@ -133,7 +134,7 @@ def test_invalid_uid_never_becomes_a_path(tmp_path: Path, bad: str) -> None:
     data, uids = encode()
     for key in ("study_instance_uid", "series_instance_uid", "sop_instance_uid"):
         with pytest.raises(InvalidUIDError):
-            spool.store(data, **{**uids, key: bad})
+            spool.store((data,), **{**uids, key: bad})
     assert all_files(spool.root) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spool"]
 
@@ -158,10 +159,10 @@ def test_disk_full_raises_spool_full_and_leaves_nothing(
 
     monkeypatch.setattr(spool_mod, "_write_chunks", full)
     with pytest.raises(SpoolFullError):
-        spool.store(data, **uids)
+        spool.store((data,), **uids)
     assert [p for p in all_files(spool.root) if p.name != ".lock"] == []
     monkeypatch.undo()
-    assert spool.store(data, **uids).version == 1  # nothing half-recorded in the index
+    assert spool.store((data,), **uids).version == 1  # nothing half-recorded in the index
 
 
 def test_other_io_error_is_spool_io_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -173,14 +174,14 @@ def test_other_io_error_is_spool_io_error(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr(spool_mod, "_write_chunks", broken)
     with pytest.raises(SpoolIOError):
-        spool.store(data, **uids)
+        spool.store((data,), **uids)
     assert temp_files(spool.root) == []
 
 
 def test_recover_removes_stale_temp_files_only(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
-    stored = spool.store(data, **uids)
+    stored = spool.store((data,), **uids)
     target_dir = spool.path(stored.path_relative).parent
     stale = target_dir / f".{uids['sop_instance_uid']}.dcm.0123456789abcdef{TEMP_SUFFIX}"
     stale.write_bytes(b"partial")
@@ -205,7 +206,7 @@ def test_concurrent_stores_of_one_instance_give_one_file(tmp_path: Path) -> None
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        results = list(pool.map(lambda _: spool.store(data, **uids), range(16)))
+        results = list(pool.map(lambda _: spool.store((data,), **uids), range(16)))
     assert sum(not r.duplicate for r in results) == 1
     assert {r.version for r in results} == {1}
     assert len([p for p in all_files(spool.root) if p.suffix == ".dcm"]) == 1
@@ -246,11 +247,11 @@ def test_write_durably_disk_full_keeps_old_content(tmp_path: Path, monkeypatch: 
 
 
 def test_two_fsyncs_per_new_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The data file and its directory are fsynced; the index (a cache) is not. A directory this
-    process has not used yet has its parent fsynced once (its entry may be one whose fsync failed)."""
+    """The data file and its directory are fsynced; the index (a cache) is not, and its 256 shard
+    directories were made when the spool opened, so no store makes one."""
     spool = Spool(tmp_path / "spool")
     first, uids = encode(seed=1)
-    spool.store(first, **uids)  # creates the study and series directories (each new one is fsynced too)
+    spool.store((first,), **uids)  # creates the study and series directories (each new one is fsynced too)
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -263,14 +264,51 @@ def test_two_fsyncs_per_new_instance(tmp_path: Path, monkeypatch: pytest.MonkeyP
     for seed in (2, 3, 4):
         data, more = encode(seed=seed, study_uid=uids["study_instance_uid"], series_uid=uids["series_instance_uid"])
         synced.clear()
-        stored = spool.store(data, **more)
-        index_parents = {str(spool.root), str(spool.root / ".index")}
-        file_syncs = [p for p in synced if p not in index_parents]  # once per new index shard, at most
-        assert len(file_syncs) == 2
-        assert Path(file_syncs[0]).name.endswith(TEMP_SUFFIX) and Path(file_syncs[0]).parent == series
-        assert file_syncs[1] == str(series)
+        stored = spool.store((data,), **more)
+        assert len(synced) == 2
+        assert Path(synced[0]).name.endswith(TEMP_SUFFIX) and Path(synced[0]).parent == series
+        assert synced[1] == str(series)
         assert (spool.root / stored.path_relative).is_file()
-        assert not any("/.index/" in p for p in synced)  # the index itself never
+
+
+def test_the_index_shards_are_made_once_when_the_spool_opens(tmp_path: Path) -> None:
+    Spool(tmp_path / "spool")
+    shards = sorted(p.name for p in (tmp_path / "spool" / ".index").iterdir())
+    assert shards == [f"{i:02x}" for i in range(256)]
+    Spool(tmp_path / "spool")  # opening it again changes nothing
+    assert sorted(p.name for p in (tmp_path / "spool" / ".index").iterdir()) == shards
+
+
+def test_a_data_set_in_many_pieces_is_stored_as_one(tmp_path: Path) -> None:
+    """The fragments a data set arrived in are written in order, more of them than one writev takes."""
+    data, uids = encode(seed=8)
+    pieces = [data[i:i + 1] for i in range(len(data))]
+    assert len(pieces) > 1024  # Linux's IOV_MAX
+    spool = Spool(tmp_path / "spool", fsync=False)
+    stored = spool.store([memoryview(p) for p in pieces], **uids)
+    whole = Spool(tmp_path / "whole", fsync=False).store((data,), **uids)
+    assert stored.sha256 == whole.sha256 == hashlib.sha256(data).hexdigest()
+    assert (spool.root / stored.path_relative).read_bytes() == (tmp_path / "whole" / whole.path_relative).read_bytes()
+
+
+def _cached_bytes(path: Path) -> int:
+    """How much of ``path`` is in the page cache (util-linux fincore)."""
+    out = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+
+@pytest.mark.parametrize("keep_cached", [False, True])
+def test_a_durable_file_leaves_the_page_cache_unless_kept(tmp_path: Path, keep_cached: bool) -> None:
+    data, uids = encode(seed=9)
+    data += b"\x00" * (1 << 20)  # a megabyte of padding after the pixel data: many pages
+    spool = Spool(tmp_path / "spool", keep_cached=keep_cached)
+    stored = spool.store((data,), **uids)
+    cached = _cached_bytes(spool.root / stored.path_relative)
+    if keep_cached:
+        assert cached >= len(data)
+    else:
+        assert cached == 0
 
 
 def test_failed_directory_fsync_is_redone_before_the_retry_is_acknowledged(
@@ -284,18 +322,18 @@ def test_failed_directory_fsync_is_redone_before_the_retry_is_acknowledged(
     series = spool.root / uids["study_instance_uid"] / uids["series_instance_uid"]
     calls: list[Path] = []
 
-    def failing(path: Path) -> None:
-        calls.append(path)
-        if path == series and (series / f"{uids['sop_instance_uid']}.dcm").exists():
+    def failing(path: str) -> None:
+        calls.append(Path(path))
+        if Path(path) == series and (series / f"{uids['sop_instance_uid']}.dcm").exists():
             raise OSError(errno.EIO, "I/O error")
         real(path)
 
     monkeypatch.setattr(spool_mod, "_fsync_dir", failing)
     with pytest.raises(SpoolIOError):
-        spool.store(data, **uids)
-    monkeypatch.setattr(spool_mod, "_fsync_dir", lambda path: (calls.append(path), real(path))[1])
+        spool.store((data,), **uids)
+    monkeypatch.setattr(spool_mod, "_fsync_dir", lambda path: (calls.append(Path(path)), real(path))[1])
     calls.clear()
-    again = spool.store(data, **uids)
+    again = spool.store((data,), **uids)
     assert again.duplicate and again.version == 1
     assert series in calls
 
@@ -303,18 +341,18 @@ def test_failed_directory_fsync_is_redone_before_the_retry_is_acknowledged(
 def test_lost_index_never_lets_an_acknowledged_file_be_overwritten(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode(seed=3)
-    first = spool.store(data, **uids)
+    first = spool.store((data,), **uids)
     index_files = list((spool.root / ".index").rglob(str(uids["sop_instance_uid"])))
     assert len(index_files) == 1
     index_files[0].unlink()  # as if a power failure had lost the (unsynced) index
 
-    again = spool.store(data, **uids)
+    again = spool.store((data,), **uids)
     assert again.duplicate and again.version == 1 and again.path_relative == first.path_relative
 
     index_files[0].unlink()
     other, _ = encode(seed=4, sop_uid=uids["sop_instance_uid"], study_uid=uids["study_instance_uid"],
                       series_uid=uids["series_instance_uid"])
-    second = spool.store(other, **uids)
+    second = spool.store((other,), **uids)
     assert (second.version, second.duplicate) == (2, False)
     assert dataset_bytes(spool.path(first.path_relative)) == data  # version 1 kept as it was
     assert dataset_bytes(spool.path(second.path_relative)) == other
@@ -327,7 +365,7 @@ def test_damaged_index_is_ignored_and_the_files_decide(tmp_path: Path, damage: s
     power failure before write-back) or an entry naming another SOP's file is not trusted."""
     spool = Spool(tmp_path / "spool", fsync=False)
     data, uids = encode(seed=5)
-    first = spool.store(data, **uids)
+    first = spool.store((data,), **uids)
     (index,) = (spool.root / ".index").rglob(str(uids["sop_instance_uid"]))
     line = index.read_bytes()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -338,7 +376,7 @@ def test_damaged_index_is_ignored_and_the_files_decide(tmp_path: Path, damage: s
     else:
         index.write_bytes(line.replace(uids["sop_instance_uid"].encode() + b".dcm", b"1.2.3.dcm"))
     assert spool.versions(uids["sop_instance_uid"]) == []
-    again = spool.store(data, **uids)
+    again = spool.store((data,), **uids)
     assert again.duplicate and again.version == 1 and again.path_relative == first.path_relative
     assert [v.path_relative for v in spool.versions(uids["sop_instance_uid"])] == [first.path_relative]
 
@@ -355,10 +393,10 @@ def test_index_write_failure_leaves_no_index_file(tmp_path: Path, monkeypatch: p
 
     monkeypatch.setattr(spool_mod, "_write_chunks", index_full)
     with pytest.raises(SpoolFullError):
-        spool.store(data, **uids)
+        spool.store((data,), **uids)
     assert list((spool.root / ".index").rglob(str(uids["sop_instance_uid"]))) == []
     monkeypatch.undo()
-    stored = spool.store(data, **uids)  # the data file that made it is found and indexed again
+    stored = spool.store((data,), **uids)  # the data file that made it is found and indexed again
     assert stored.duplicate and stored.version == 1
 
 

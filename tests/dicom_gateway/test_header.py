@@ -295,6 +295,31 @@ def _offset(plain: bytes, tag: int, syntax: Syntax) -> int:
 
 
 @pytest.mark.parametrize("syntax", UNCOMPRESSED, ids=lambda s: s.uid)
+def test_a_partial_scan_says_whether_the_first_bytes_were_enough(syntax: Syntax) -> None:
+    """The gateway reads the header from a data set's first bytes (its first P-DATA fragments)."""
+    plain = _plain(_ct(), syntax)
+    expected = scan_header(plain, syntax.uid)
+    past_the_last = len(_header_only(syntax))  # where the first element after (0020,000E) starts
+    assert scan_header(plain[:past_the_last + 8], syntax.uid, partial=True) == expected
+    assert scan_header(plain[:past_the_last + 4096], syntax.uid, partial=True) == expected
+    # ending before any element past the wanted ones: more of them may follow
+    assert scan_header(plain[:past_the_last], syntax.uid, partial=True) is None
+    assert scan_header(plain[:_offset(plain, 0x00100010, syntax)], syntax.uid, partial=True) is None
+    # ending inside an element: the caller reads on
+    with pytest.raises(HeaderError):
+        scan_header(plain[:_offset(plain, 0x00100010, syntax) + 5], syntax.uid, partial=True)
+
+
+def test_a_partial_scan_of_a_deflated_data_set() -> None:
+    plain = _plain(_ct(), EXPLICIT_LE)
+    deflated = _deflate(plain)
+    expected = scan_header(deflated, DeflatedExplicitVRLittleEndian)
+    assert set(expected) == set(WANTED)
+    assert scan_header(deflated[:len(deflated) // 2], DeflatedExplicitVRLittleEndian, partial=True) == expected
+    assert scan_header(deflated[:16], DeflatedExplicitVRLittleEndian, partial=True) is None
+
+
+@pytest.mark.parametrize("syntax", UNCOMPRESSED, ids=lambda s: s.uid)
 def test_truncated_inside_an_element_header(syntax: Syntax) -> None:
     plain = _plain(_ct(), syntax)
     at = _offset(plain, 0x00080018, syntax)

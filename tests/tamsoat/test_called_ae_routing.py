@@ -50,8 +50,8 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def scp(tmp_path: Path, db: Database, settings: Settings) -> Iterator[RunningSCP]:
     def to_db(stored: StoredInstance) -> None:
-        with db.session() as s:
-            record_instance(s, stored)
+        with db.engine.begin() as conn:
+            record_instance(conn, stored)
 
     server = start_scp(tmp_path, extra_ae_titles=[RESEARCH_AE], forward=to_db)
     assert server.spool.root == settings.spool_path  # the worker reads what the SCP spooled
