@@ -11,65 +11,79 @@ Receiving: DCMTK ``storescu`` sends the series to
     synchronous=FULL) and the spool's fsync ON (temp file, fsync, rename, fsync directory): success
     is answered only once the instance is durable. Also with fsync off, to show what durability costs.
 Each with 1 association and with 4 parallel associations (4 storescu processes, a quarter each).
-Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment). Every run starts after
-``os.sync()``, so no receiver pays for the write-back of the files the one before left unwritten.
+Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment). Rounds are interleaved
+(each round runs DCMTK, then tamsoat with fsync on, then off) and a ratio is the median of the
+rounds' own ratios. After every run its files are written back and dropped from the page cache
+(``evict``), so every run starts from the same memory; see "the page cache" below for why.
 
 Sending: tamsoat's SCU (``dicom_gateway.scu.send_files``, one association) vs DCMTK ``storescu``,
-both to DCMTK ``storescp``.
+both to DCMTK ``storescp``, interleaved the same way.
 
 Prints instances/s and MB/s (data set bytes, 1 MB = 10^6 bytes) and tamsoat/DCMTK ratios.
 The series is generated once (training.phantom, 300 x 512 x 512 CT slices) into ``--data``.
 "durable store X of Y ms" is the time inside the ingest path (header check, spool write with its
 fsyncs, database row and commit) against the wall time per instance and association.
 
-Measured 2026-12-03 on the development machine (2 vCPUs, ext4 on a virtual disk whose fsync latency
-varies several-fold from minute to minute), ``--rounds 3``, medians, load ~0.3 at the start:
+Measured 2026-12-04 on the development machine (2 vCPUs, ext4 on a virtual disk whose fsync latency
+varies several-fold from minute to minute), ``--rounds 3``:
 
-    DCMTK storescp, 1 assoc (no fsync)       779 inst/s
-    tamsoat SCP, 1 assoc, fsync on           201 inst/s  ratio 0.26   (3.7 of 5.0 ms in the durable store)
-    tamsoat SCP, 1 assoc, fsync off          204 inst/s  ratio 0.26
-    DCMTK storescp, 4 assoc (no fsync)       512 inst/s  (storescp serves one association at a time)
-    tamsoat SCP, 4 assoc, fsync on           202 inst/s  ratio 0.39
-    tamsoat SCP, 4 assoc, fsync off          239 inst/s  ratio 0.47
-    sending: DCMTK storescu                  642 inst/s
-    sending: tamsoat send_files              889 inst/s  ratio 1.39
+    DCMTK storescp, 1 assoc (no fsync)       838 inst/s
+    tamsoat SCP, 1 assoc, fsync on           291 inst/s  ratio 0.36   (2.5 of 3.4 ms in the durable store)
+    tamsoat SCP, 1 assoc, fsync off          379 inst/s  ratio 0.47
+    DCMTK storescp, 4 assoc (no fsync)       820 inst/s  (storescp serves one association at a time)
+    tamsoat SCP, 4 assoc, fsync on           420 inst/s  ratio 0.49
+    tamsoat SCP, 4 assoc, fsync off          471 inst/s  ratio 0.57
+    sending: DCMTK storescu                  820 inst/s
+    sending: tamsoat send_files              892 inst/s  ratio 1.09
 
-Single rounds of the same code earlier that day, under other load, gave 1 assoc 0.21-0.51, 4 assoc
-0.35-0.75 and sending 0.72-1.15: read ratios within a run, not across runs. Before this day's work
-(pynetdicom's server and requestor, pydicom's header reader): 1 assoc 0.14-0.25, 4 assoc 0.18-0.20,
-sending 0.33.
+The day before (same machine, rounds not interleaved, no eviction): tamsoat 201 inst/s with 1
+association and 202 with 4 (DCMTK 779 and 512: its runs then paid for fresh pages, see below).
 
-Where the time goes now, receiving: ``--only breakdown`` adds the parts of the path one at a time
-(one association, our process's CPU per instance from getrusage; 2026-12-03, ``--rounds 3``):
+Where the time goes, receiving: ``--only breakdown`` adds the parts of the path one at a time (one
+association, interleaved rounds, our process's CPU per instance from getrusage; 2026-12-04):
 
-    DCMTK storescp                                 549 inst/s
-    acceptor, header, checks (keeps nothing)       466 inst/s  ratio 0.85  our CPU 1.02 ms/instance
-    + spool on tmpfs, no fsync                     332 inst/s  ratio 0.61  our CPU 2.12 ms/instance
-    + database row (SQLite on tmpfs)               200 inst/s  ratio 0.36  our CPU 4.01 ms/instance
-    + disk, fsync on (the service)                 132 inst/s  ratio 0.24  our CPU 4.91 ms/instance
+    DCMTK storescp                                 808 inst/s
+    acceptor, header, checks (keeps nothing)      1057 inst/s  ratio 1.27  our CPU 0.49 ms/instance
+    + spool on tmpfs, no fsync                     526 inst/s  ratio 0.65  our CPU 1.29 ms/instance
+    + database row (SQLite on tmpfs)               445 inst/s  ratio 0.53  our CPU 1.68 ms/instance
+    + disk, fsync on (the service)                 295 inst/s  ratio 0.31  our CPU 2.17 ms/instance
 
-* the protocol side (our acceptor, the header scan, the ingest checks) nearly keeps up with DCMTK,
-  bounded by storescu's own ~0.9 ms of CPU per instance;
-* the spool costs ~1.1 ms of CPU even without a disk (by a one-off profile of ``Spool.store`` on
-  tmpfs: SHA-256 of the 525 KB ~0.35, copying them into the page cache ~0.33, temp file, rename,
-  per-SOP index and lock);
-* the database row costs ~1.9 ms (SQLAlchemy's session and statements, the hand-over to the
-  group-commit writer thread and back, SQLite): the largest part, and the first to make cheaper;
-* the disk adds the two fsyncs of the file and its directory (a one-off raw loop: 0.8 + 0.6 ms when
-  the disk is quiet, several ms when not) and ext4's journal work in the kernel.
+(2026-12-03, before: 0.85 / 0.61 / 0.36 / 0.24, with 1.02 / 2.12 / 4.01 / 4.91 ms of CPU.)
 
-With fsync off the time per instance hardly changes with one association: the Python work, not the
-disk, is the bound there; with four associations the fsyncs share journal commits and the one
-process's CPU (the GIL) bounds us. DCMTK's storescp fsyncs nothing, so ratio 1.0 "with fsync on"
-would need the whole durable path (two fsyncs and a database commit) inside DCMTK's 1.3 ms of
-unsynced work. Sending has no fsync on our side and is now faster than storescu: the next file is
-read while the peer stores the current one, and the data set goes out as stored.
+* the protocol side is faster than storescp: the data set's fragments are handed on as views of the
+  PDU buffers and never joined (the join alone held the GIL ~0.3 ms per 525 KB instance);
+* the spool costs ~0.8 ms of CPU without a disk: SHA-256 of the 525 KB (~0.35), copying them into
+  the page cache, temp file, rename, per-SOP index and lock;
+* the database row costs ~0.4 ms: two Core statements on a kept connection, no ORM session, and no
+  hand-over to a writer thread (each of those cost ~0.1-0.25 ms; a one-off loop of ``BatchingSink``
+  alone: 0.61 -> 0.35 ms of CPU per row on disk);
+* the disk adds the two fsyncs of the file and its directory and the WAL's, in series (a one-off
+  raw loop: ~0.5-0.7 + ~0.2 ms, several ms when the disk is busy), and ext4's journal work.
+
+The page cache: on this project's virtual machines writing into pages the guest has not used yet
+costs ~1.5 ms per 525 KB (the host backs them on first touch: ``perf`` shows 86% of such a write in
+``copy_folio_from_iter_atomic``), into pages just freed ~0.3 ms. The spool drops each file from the
+page cache once it is durable (``Spool(keep_cached=False)``, the default; see ``dicom_gateway.spool``),
+so the next instance is written into the pages the last one freed; storescp keeps its files cached
+and pays for fresh pages unless the memory was freed just before. Without ``evict`` the reference
+swung with the order of the runs (storescp's 4-association rate 370 after storescp runs, 730 after
+tamsoat runs): with it, every storescp run gets freed pages too, the most favourable case for the
+reference. With fsync off the spool keeps its pages too (they are dirty): that is why "fsync off"
+is not much faster than "fsync on".
+
+Why not 1.0: DCMTK's storescp fsyncs nothing, and storescu waits for each response before it sends
+the next instance, so with one association each success waits for three durability points in
+series (file, directory, WAL: ~1-1.5 ms when the disk is quiet) that storescp never waits for,
+inside its whole per-instance time of ~1.2 ms. With four associations the fsyncs overlap and the
+bound is CPU: the two cores carry storescu's ~0.8 ms and our ~2.3-3.0 ms per instance (storescp:
+~1.5 ms), ~45% of it in the Python interpreter (``perf``). Sending has no fsync on our side and is
+faster than storescu: the next file is read while the peer stores the current one, and the data set
+goes out as stored.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import resource
 import shutil
@@ -79,7 +93,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -90,7 +104,7 @@ from dicom_gateway.batching import BatchingSink
 from dicom_gateway.ingest import InstanceSink
 from dicom_gateway.scp import ScpTimeouts, StorageSCP
 from dicom_gateway.scu import send_files
-from dicom_gateway.spool import Spool, SpooledFile
+from dicom_gateway.spool import Chunk, Spool, SpooledFile
 from tamsoat.core.db import Database, migrate
 from tamsoat.core.settings import Destination, DicomSettings
 
@@ -156,8 +170,8 @@ class DcmtkReceiver:
 class _KeepNothingSpool(Spool):
     """A spool that stores nothing (for the breakdown: the protocol side alone)."""
 
-    def store(self, encoded: bytes, **_: object) -> SpooledFile:
-        return SpooledFile("-", "-", len(encoded), False, 1)
+    def store(self, chunks: Sequence[Chunk], **_: object) -> SpooledFile:
+        return SpooledFile("-", "-", sum(len(c) for c in chunks), False, 1)
 
 
 class TamsoatReceiver:
@@ -182,16 +196,29 @@ class TamsoatReceiver:
         self.db.dispose()
 
 
+def evict(folder: Path) -> None:
+    """Write back every file under ``folder`` and drop it from the page cache, so that every run
+    starts with the same memory: ~160 MB of pages just freed. On this project's virtual machines,
+    writing into pages never used before costs ~5x more than into pages just freed; tamsoat's spool
+    drops each file once it is durable, DCMTK's storescp keeps them, and without this a storescp
+    run that follows another storescp run pays for fresh pages, one that follows a tamsoat run does
+    not (its 4-association rate then doubles)."""
+    os.sync()
+    for path in folder.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
 def _store_seconds() -> tuple[float, float]:
     """(sum, count) of the gateway's ingest-time histogram for DIMSE."""
     labels = {"source": "dimse"}
     total = metrics.REGISTRY.get_sample_value("tamsoat_dicom_store_seconds_sum", labels) or 0.0
     count = metrics.REGISTRY.get_sample_value("tamsoat_dicom_store_seconds_count", labels) or 0.0
     return total, count
-
-
-def median_rate(fn: Callable[[], float], rounds: int) -> float:
-    return statistics.median(fn() for _ in range(rounds))
 
 
 def main() -> None:
@@ -238,30 +265,40 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             # ~30 s when it creates a file, so deleting 300 files just before the next receiver
             # writes its 300 makes that receiver's file creation several times dearer.
             receiver.close()
+            evict(where)
         if kind == "tamsoat":
             spent, count = (a - b for a, b in zip(_store_seconds(), before, strict=True))
             store_ms.setdefault((parallel, fsync), []).append(1000 * spent / max(count, 1))
         return n / seconds
 
-    def report(label: str, rate: float, versus: str | None = None, store: tuple[int, bool] | None = None) -> None:
+    def report(label: str, rate: float, versus: str | None = None, store: tuple[int, bool] | None = None,
+               ratio: float | None = None) -> None:
+        """``ratio``: the median of the rounds' own ratios, where rounds were interleaved."""
         rows[label] = rate
-        ratio = f"   ratio {rate / rows[versus]:.2f}" if versus else ""
+        shown = f"   ratio {ratio if ratio is not None else rate / rows[versus]:.2f}" if versus else ""
         where = ""
         if store is not None and store in store_ms:
             # Time inside the ingest path (header check, spool write+fsyncs, DB row+commit) per instance,
             # against the wall time per instance (per association).
             where = f"   durable store {statistics.median(store_ms[store]):.1f} of {1000 * store[0] / rate:.1f} ms"
-        print(f"  {label:<40} {rate:8.1f} inst/s {rate * mb / n:8.1f} MB/s{ratio}{where}", flush=True)
+        print(f"  {label:<40} {rate:8.1f} inst/s {rate * mb / n:8.1f} MB/s{shown}{where}", flush=True)
 
     if args.only in (None, "receive"):
         print("receiving (DCMTK storescu -> receiver)")
         for parallel in (1, 4):
+            # Interleaved: each round runs DCMTK and both tamsoat variants one after the other, so
+            # every ratio compares runs minutes apart at most (this machine's speed drifts by 2x).
+            runs: dict[tuple[str, bool], list[float]] = {}
+            for _ in range(args.rounds):
+                for kind, fsync in (("dcmtk", False), ("tamsoat", True), ("tamsoat", False)):
+                    runs.setdefault((kind, fsync), []).append(receive(kind, parallel, fsync))
             ref = f"DCMTK storescp, {parallel} assoc (no fsync)"
-            report(ref, median_rate(functools.partial(receive, "dcmtk", parallel), args.rounds))
-            report(f"tamsoat SCP, {parallel} assoc, fsync on", median_rate(
-                functools.partial(receive, "tamsoat", parallel, True), args.rounds), ref, (parallel, True))
-            report(f"tamsoat SCP, {parallel} assoc, fsync off", median_rate(
-                functools.partial(receive, "tamsoat", parallel, False), args.rounds), ref, (parallel, False))
+            report(ref, statistics.median(runs["dcmtk", False]))
+            for fsync in (True, False):
+                label = f"tamsoat SCP, {parallel} assoc, fsync {'on' if fsync else 'off'}"
+                ratios = [t / d for t, d in zip(runs["tamsoat", fsync], runs["dcmtk", False], strict=True)]
+                report(label, statistics.median(runs["tamsoat", fsync]), ref, (parallel, fsync),
+                       ratio=statistics.median(ratios))
 
     if args.only == "breakdown":
         _breakdown(args, files, work)
@@ -281,8 +318,15 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
                 assert all(r.outcome == "success" for r in results), results[:3]
                 return n / seconds
 
-            report("DCMTK storescu", median_rate(dcmtk_send, args.rounds))
-            report("tamsoat SCU (send_files)", median_rate(tamsoat_send, args.rounds), "DCMTK storescu")
+            sends: dict[str, list[float]] = {"dcmtk": [], "tamsoat": []}
+            for _ in range(args.rounds):  # interleaved, and from the same memory, as for receiving
+                sends["dcmtk"].append(dcmtk_send())
+                evict(pacs.out)
+                sends["tamsoat"].append(tamsoat_send())
+                evict(pacs.out)
+            report("DCMTK storescu", statistics.median(sends["dcmtk"]))
+            report("tamsoat SCU (send_files)", statistics.median(sends["tamsoat"]), "DCMTK storescu",
+                   ratio=statistics.median(t / d for t, d in zip(sends["tamsoat"], sends["dcmtk"], strict=True)))
         finally:
             pacs.close()
 
@@ -298,7 +342,8 @@ def _breakdown(args: argparse.Namespace, files: list[Path], work: Path) -> None:
         ("+ database row (SQLite on tmpfs)", memory, False, 3),
         ("+ disk, fsync on (the service)", work, True, 3),
     ]
-    print("receiving, 1 association, parts added one at a time (median of rounds)")
+    print("receiving, 1 association, parts added one at a time (median of rounds; each round runs all, in turn)")
+
     def dcmtk_round(i: int) -> float:
         receiver = DcmtkReceiver(work / f"breakdown-dcmtk-{i}")
         try:
@@ -306,29 +351,34 @@ def _breakdown(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             return n / storescu(receiver.port, files, 1, "PACS")
         finally:
             receiver.close()
+            evict(receiver.out)
 
-    dcmtk = statistics.median(dcmtk_round(i) for i in range(args.rounds))
-    print(f"  {'DCMTK storescp':<44} {dcmtk:8.1f} inst/s")
-    for label, base, fsync, parts in variants:
-        rates, cpus = [], []
-        for _ in range(args.rounds):
-            home = Path(tempfile.mkdtemp(prefix="tamsoat-breakdown-", dir=base))
+    def tamsoat_round(base: Path, fsync: bool, parts: int) -> tuple[float, float]:
+        home = Path(tempfile.mkdtemp(prefix="tamsoat-breakdown-", dir=base))
+        try:
+            receiver = TamsoatReceiver(home, fsync, parts)
+            os.sync()
+            before = resource.getrusage(resource.RUSAGE_SELF)
             try:
-                receiver = TamsoatReceiver(home, fsync, parts)
-                os.sync()
-                before = resource.getrusage(resource.RUSAGE_SELF)
-                try:
-                    seconds = storescu(receiver.port, files, 1, "TAMSOAT")
-                finally:
-                    receiver.close()
-                after = resource.getrusage(resource.RUSAGE_SELF)
+                seconds = storescu(receiver.port, files, 1, "TAMSOAT")
             finally:
-                shutil.rmtree(home, ignore_errors=True)
-            rates.append(n / seconds)
-            cpus.append(1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / n)
-        rate = statistics.median(rates)
-        print(f"  {label:<44} {rate:8.1f} inst/s   ratio {rate / dcmtk:.2f}   our CPU "
-              f"{statistics.median(cpus):.2f} ms/instance", flush=True)
+                receiver.close()
+            after = resource.getrusage(resource.RUSAGE_SELF)
+        finally:
+            shutil.rmtree(home, ignore_errors=True)
+        return n / seconds, 1000 * (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) / n
+
+    dcmtk: list[float] = []
+    results: list[list[tuple[float, float]]] = [[] for _ in variants]
+    for i in range(args.rounds):
+        dcmtk.append(dcmtk_round(i))
+        for v, (_, base, fsync, parts) in enumerate(variants):
+            results[v].append(tamsoat_round(base, fsync, parts))
+    print(f"  {'DCMTK storescp':<44} {statistics.median(dcmtk):8.1f} inst/s")
+    for (label, *_), got in zip(variants, results, strict=True):
+        ratio = statistics.median(rate / ref for (rate, _), ref in zip(got, dcmtk, strict=True))
+        print(f"  {label:<44} {statistics.median(r for r, _ in got):8.1f} inst/s   ratio {ratio:.2f}   our CPU "
+              f"{statistics.median(c for _, c in got):.2f} ms/instance", flush=True)
 
 
 if __name__ == "__main__":

@@ -427,3 +427,20 @@ def test_part10_header_is_what_pydicom_writes(source: str | None, sop_uid: str) 
         ours = part10_header(sop_class_uid=CTImageStorage, sop_instance_uid=sop_uid, transfer_syntax_uid=syntax,
                              source_ae_title=source)
         assert ours == b"\x00" * 128 + b"DICM" + buf.getvalue()
+
+
+def test_a_spool_opened_on_a_full_disk_makes_its_shards_later(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "spool"
+    root.mkdir()
+    real_mkdir = os.mkdir
+
+    def full(path: str, mode: int = 0o777) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_mod.os, "mkdir", full)
+    spool = Spool(root)  # opens (and says so in the log) rather than failing the service's start
+    monkeypatch.setattr(spool_mod.os, "mkdir", real_mkdir)
+    data, uids = encode(seed=10)
+    stored = spool.store((data,), **uids)
+    assert (spool.root / stored.path_relative).is_file()
+    assert spool.versions(uids["sop_instance_uid"])[0].sha256 == stored.sha256
