@@ -130,16 +130,16 @@ _HEADER_PREFIX = 64 * 1024  # the header elements we read sit in the first few h
 def _read_header(chunks: Sequence[Chunk], transfer_syntax: str) -> dict[int, bytes]:
     """The wanted header elements, read from the data set's first bytes; from all of them only when
     those do not reach past the last wanted element (e.g. large sequences before it)."""
-    head: list[Chunk] = []
-    size = 0
-    for chunk in chunks:
-        if size >= _HEADER_PREFIX:
-            break
-        head.append(chunk)
-        size += len(chunk)
-    if len(head) < len(chunks) or size > _HEADER_PREFIX:
+    if sum(len(c) for c in chunks) > _HEADER_PREFIX:
+        head: list[bytes] = []
+        need = _HEADER_PREFIX
+        for chunk in chunks:
+            if need <= 0:
+                break
+            head.append(bytes(chunk[:need]))  # a copy of the first bytes only, whatever the chunk's size
+            need -= len(head[-1])
         try:
-            found = scan_header(b"".join(head)[:_HEADER_PREFIX], transfer_syntax, partial=True)
+            found = scan_header(b"".join(head), transfer_syntax, partial=True)
         except HeaderError:
             found = None  # an element runs past the prefix: read the whole data set below
         if found is not None:
