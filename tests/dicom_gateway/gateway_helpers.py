@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from dicom_gateway.scp import InstanceSink, ScpTimeouts, StorageSCP, StoredInstance
@@ -59,6 +61,14 @@ def dataset_offset(path: Path) -> int:
 
 def dataset_bytes(path: Path) -> bytes:
     return path.read_bytes()[dataset_offset(path) :]
+
+
+def encode_le(ds: Dataset, *, implicit: bool = False) -> bytes:
+    """``ds``'s data set (no File Meta Information), little endian, explicit or implicit VR."""
+    buf = DicomBytesIO()
+    buf.is_little_endian, buf.is_implicit_VR = True, implicit
+    write_dataset(buf, ds)
+    return buf.getvalue()
 
 
 def make_ct_dataset(

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_file_meta_info
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
@@ -34,6 +32,7 @@ from tests.dicom_gateway.gateway_helpers import (
     SCP_AE,
     RunningSCP,
     dataset_bytes,
+    encode_le,
     make_ct_dataset,
     needs_dcmtk,
     run_tool,
@@ -59,14 +58,6 @@ def crafted_file(
     )
     path.write_bytes(header + dataset)
     return path
-
-
-def encode(ds: Dataset, implicit: bool = False) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = implicit
-    write_dataset(buf, ds)
-    return buf.getvalue()
 
 
 def pynetdicom_store(port: int, path: Path, calling_ae: str = "MODALITY") -> Dataset:
@@ -240,7 +231,7 @@ def test_garbage_dataset_fails_and_scp_keeps_serving(
 def test_sop_class_mismatch_is_a900(running_scp: RunningSCP, tmp_path: Path) -> None:
     ds = make_ct_dataset(seed=1)
     ds.SOPClassUID = MRImageStorage  # the data set says MR, the request and context say CT
-    src = crafted_file(tmp_path / "mismatch.dcm", encode(ds), sop_uid=ds.SOPInstanceUID)
+    src = crafted_file(tmp_path / "mismatch.dcm", encode_le(ds), sop_uid=ds.SOPInstanceUID)
     rsp = pynetdicom_store(running_scp.port, src)
     assert rsp.Status == st.DATASET_MISMATCH == 0xA900
     assert running_scp.sink.instances == []
@@ -250,19 +241,19 @@ def test_sop_class_mismatch_is_a900(running_scp: RunningSCP, tmp_path: Path) -> 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")
 def test_instance_uid_mismatch_and_missing_uids_are_c_range(running_scp: RunningSCP, tmp_path: Path) -> None:
     ds = make_ct_dataset(seed=1)
-    src = crafted_file(tmp_path / "other_uid.dcm", encode(ds), sop_uid=generate_uid())
+    src = crafted_file(tmp_path / "other_uid.dcm", encode_le(ds), sop_uid=generate_uid())
     assert pynetdicom_store(running_scp.port, src).Status == st.INVALID_UIDS
 
     ds = make_ct_dataset(seed=2)
     del ds.StudyInstanceUID
-    src = crafted_file(tmp_path / "no_study.dcm", encode(ds), sop_uid=ds.SOPInstanceUID)
+    src = crafted_file(tmp_path / "no_study.dcm", encode_le(ds), sop_uid=ds.SOPInstanceUID)
     rsp = pynetdicom_store(running_scp.port, src)
     assert rsp.Status == st.INVALID_UIDS
     assert "StudyInstanceUID" in rsp.ErrorComment
 
     ds = make_ct_dataset(seed=3)
     ds.SeriesInstanceUID = "1.2.03.4"  # a leading zero: not a UID, never a path
-    src = crafted_file(tmp_path / "bad_series.dcm", encode(ds), sop_uid=ds.SOPInstanceUID)
+    src = crafted_file(tmp_path / "bad_series.dcm", encode_le(ds), sop_uid=ds.SOPInstanceUID)
     assert pynetdicom_store(running_scp.port, src).Status == st.INVALID_UIDS
     assert running_scp.sink.instances == []
     assert spooled_dcm(running_scp) == []

@@ -11,21 +11,16 @@ from pathlib import Path
 import pytest
 from pydicom import dcmread
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 import dicom_gateway.spool as spool_mod
 from dicom_gateway.spool import TEMP_SUFFIX, Spool, SpoolFullError, SpoolIOError
 from dicom_gateway.uids import InvalidUIDError
-from tests.dicom_gateway.gateway_helpers import dataset_bytes, make_ct_dataset
+from tests.dicom_gateway.gateway_helpers import dataset_bytes, encode_le, make_ct_dataset
 
 
 def encode(seed: int = 0, **kwargs: str) -> tuple[bytes, dict[str, str]]:
     ds = make_ct_dataset(seed=seed, **kwargs)
-    buf = DicomBytesIO()
-    buf.is_little_endian = True
-    buf.is_implicit_VR = False
-    write_dataset(buf, ds)
     uids = {
         "sop_class_uid": CTImageStorage,
         "sop_instance_uid": ds.SOPInstanceUID,
@@ -33,7 +28,7 @@ def encode(seed: int = 0, **kwargs: str) -> tuple[bytes, dict[str, str]]:
         "series_instance_uid": ds.SeriesInstanceUID,
         "transfer_syntax_uid": ExplicitVRLittleEndian,
     }
-    return buf.getvalue(), uids
+    return encode_le(ds), uids
 
 
 def all_files(root: Path) -> list[Path]:

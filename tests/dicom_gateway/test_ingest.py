@@ -7,25 +7,15 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicom_gateway import status as st
 from dicom_gateway.ingest import Ingestor, IngestRefused, Origin
 from dicom_gateway.spool import Spool
-from tests.dicom_gateway.gateway_helpers import RecordingSink, make_ct_dataset
+from tests.dicom_gateway.gateway_helpers import RecordingSink, encode_le, make_ct_dataset
 
 ORIGIN = Origin(calling_ae_title="CT1", called_ae_title="TAMSOAT", peer_address="127.0.0.1")
-
-
-def _encoded(ds: Dataset, implicit: bool = False) -> bytes:
-    fp = DicomBytesIO()
-    fp.is_little_endian = True
-    fp.is_implicit_VR = implicit
-    write_dataset(fp, ds)
-    return fp.getvalue()
 
 
 def _pieces(data: bytes, size: int) -> list[memoryview]:
@@ -42,7 +32,7 @@ def _ingestor(tmp_path: Path) -> tuple[Ingestor, RecordingSink]:
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
 def test_fragments_are_stored_exactly_as_the_whole(tmp_path: Path, piece: int, syntax: str) -> None:
     ds = make_ct_dataset(seed=3, size=256)  # 128 KB of pixel data: over the 64 KB header prefix
-    data = _encoded(ds, implicit=syntax == ImplicitVRLittleEndian)
+    data = encode_le(ds, implicit=syntax == ImplicitVRLittleEndian)
     ingestor, sink = _ingestor(tmp_path)
     stored = ingestor.ingest(_pieces(data, piece), syntax, ORIGIN, expected_sop_class=CTImageStorage,
                              expected_sop_instance=ds.SOPInstanceUID)
@@ -65,7 +55,7 @@ def test_a_header_longer_than_the_prefix_is_read_from_the_whole(tmp_path: Path) 
         item.CodeMeaning = "a language, to make the sequence long"
         items.append(item)
     ds.LanguageCodeSequence = Sequence(items)  # (0008,0006): before (0008,0016) SOP Class UID
-    data = _encoded(ds)
+    data = encode_le(ds)
     assert data.index(ds.SOPInstanceUID.encode()) > 64 * 1024
     ingestor, _ = _ingestor(tmp_path)
     stored = ingestor.ingest(_pieces(data, 16_384), ExplicitVRLittleEndian, ORIGIN)
@@ -73,7 +63,7 @@ def test_a_header_longer_than_the_prefix_is_read_from_the_whole(tmp_path: Path) 
 
 
 def test_a_header_cut_short_is_refused(tmp_path: Path) -> None:
-    data = _encoded(make_ct_dataset(seed=5, size=256))
+    data = encode_le(make_ct_dataset(seed=5, size=256))
     cut = data[:data.index(b"\x10\x00\x20\x00") + 5]  # inside (0010,0020) Patient ID
     ingestor, sink = _ingestor(tmp_path)
     with pytest.raises(IngestRefused) as refused:

@@ -10,14 +10,12 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from pydicom import Dataset, dcmread
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     CTImageStorage,
@@ -41,6 +39,7 @@ from tests.dicom_gateway.gateway_helpers import (
     SCP_AE,
     RecordingSink,
     dataset_bytes,
+    encode_le,
     free_port,
     make_ct_dataset,
     needs_dcmtk,
@@ -66,7 +65,7 @@ class RecordingSCP(StorageSCP):
         self.message_ids: list[int | None] = []
 
     def c_store(self, assoc: Association, context: Presentation, cmd: Command,
-                data: bytes | None, size: int) -> tuple[int, str | None]:
+                data: Sequence[memoryview] | None, size: int) -> tuple[int, str | None]:
         self.message_ids.append(cmd.us(MESSAGE_ID))
         return super().c_store(assoc, context, cmd, data, size)
 
@@ -98,13 +97,6 @@ def wait_until_idle(server: StorageSCP, timeout: float = 10.0) -> int:
     while server.active_associations and time.monotonic() < deadline:
         time.sleep(0.02)
     return server.active_associations
-
-
-def encode_le(ds: Dataset, *, implicit: bool) -> bytes:
-    buf = DicomBytesIO()
-    buf.is_little_endian, buf.is_implicit_VR = True, implicit
-    write_dataset(buf, ds)
-    return buf.getvalue()
 
 
 def save(ds: Dataset, path: Path, **kwargs: bool) -> Path:
