@@ -19,8 +19,9 @@ from dicom_gateway.uids import InvalidUIDError
 from tests.dicom_gateway.gateway_helpers import dataset_bytes, encode_le, make_ct_dataset
 
 
-def encode(seed: int = 0, **kwargs: str) -> tuple[bytes, dict[str, str]]:
-    ds = make_ct_dataset(seed=seed, **kwargs)
+def encode(seed: int = 0, *, study_uid: str | None = None, series_uid: str | None = None,
+           sop_uid: str | None = None) -> tuple[bytes, dict[str, str]]:
+    ds = make_ct_dataset(seed=seed, study_uid=study_uid, series_uid=series_uid, sop_uid=sop_uid)
     uids = {
         "sop_class_uid": CTImageStorage,
         "sop_instance_uid": ds.SOPInstanceUID,
@@ -326,7 +327,11 @@ def test_failed_directory_fsync_is_redone_before_the_retry_is_acknowledged(
     monkeypatch.setattr(spool_mod, "_fsync_dir", failing)
     with pytest.raises(SpoolIOError):
         spool.store((data,), **uids)
-    monkeypatch.setattr(spool_mod, "_fsync_dir", lambda path: (calls.append(Path(path)), real(path))[1])
+    def noted(path: str) -> None:
+        calls.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(spool_mod, "_fsync_dir", noted)
     calls.clear()
     again = spool.store((data,), **uids)
     assert again.duplicate and again.version == 1
