@@ -58,7 +58,8 @@ association, interleaved rounds, our process's CPU per instance from getrusage; 
   hand-over to a writer thread (each of those cost ~0.1-0.25 ms; a one-off loop of ``BatchingSink``
   alone: 0.61 -> 0.35 ms of CPU per row on disk);
 * the disk adds the two fsyncs of the file and its directory and the WAL's, in series (a one-off
-  raw loop: ~0.5-0.7 + ~0.2 ms, several ms when the disk is busy), and ext4's journal work.
+  raw loop: ~0.5-0.7 + ~0.2 ms, several ms when the disk is busy), and ext4's metadata writes (this
+  disk's ext4 has no journal, ``ext4_fsync_nojournal`` in ``perf``: concurrent fsyncs share nothing).
 
 The page cache: on this project's virtual machines writing into pages the guest has not used yet
 costs ~1.5 ms per 525 KB (the host backs them on first touch: ``perf`` shows 86% of such a write in
@@ -245,7 +246,6 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
     mb = sum(f.stat().st_size for f in files) / 1e6
     n = len(files)
     print(f"{n} instances, {mb:.1f} MB, {os.cpu_count()} CPUs, rounds={args.rounds} (median shown)\n")
-    rows: dict[str, float] = {}
     counter = iter(range(10_000))
 
     store_ms: dict[tuple[int, bool], list[float]] = {}
@@ -271,11 +271,9 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             store_ms.setdefault((parallel, fsync), []).append(1000 * spent / max(count, 1))
         return n / seconds
 
-    def report(label: str, rate: float, versus: str | None = None, store: tuple[int, bool] | None = None,
-               ratio: float | None = None) -> None:
-        """``ratio``: the median of the rounds' own ratios, where rounds were interleaved."""
-        rows[label] = rate
-        shown = f"   ratio {ratio if ratio is not None else rate / rows[versus]:.2f}" if versus else ""
+    def report(label: str, rate: float, ratio: float | None = None, store: tuple[int, bool] | None = None) -> None:
+        """``ratio``: tamsoat/DCMTK, the median of the interleaved rounds' own ratios."""
+        shown = f"   ratio {ratio:.2f}" if ratio is not None else ""
         where = ""
         if store is not None and store in store_ms:
             # Time inside the ingest path (header check, spool write+fsyncs, DB row+commit) per instance,
@@ -292,13 +290,11 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             for _ in range(args.rounds):
                 for kind, fsync in (("dcmtk", False), ("tamsoat", True), ("tamsoat", False)):
                     runs.setdefault((kind, fsync), []).append(receive(kind, parallel, fsync))
-            ref = f"DCMTK storescp, {parallel} assoc (no fsync)"
-            report(ref, statistics.median(runs["dcmtk", False]))
+            report(f"DCMTK storescp, {parallel} assoc (no fsync)", statistics.median(runs["dcmtk", False]))
             for fsync in (True, False):
                 label = f"tamsoat SCP, {parallel} assoc, fsync {'on' if fsync else 'off'}"
                 ratios = [t / d for t, d in zip(runs["tamsoat", fsync], runs["dcmtk", False], strict=True)]
-                report(label, statistics.median(runs["tamsoat", fsync]), ref, (parallel, fsync),
-                       ratio=statistics.median(ratios))
+                report(label, statistics.median(runs["tamsoat", fsync]), statistics.median(ratios), (parallel, fsync))
 
     if args.only == "breakdown":
         _breakdown(args, files, work)
@@ -325,8 +321,8 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
                 sends["tamsoat"].append(tamsoat_send())
                 evict(pacs.out)
             report("DCMTK storescu", statistics.median(sends["dcmtk"]))
-            report("tamsoat SCU (send_files)", statistics.median(sends["tamsoat"]), "DCMTK storescu",
-                   ratio=statistics.median(t / d for t, d in zip(sends["tamsoat"], sends["dcmtk"], strict=True)))
+            report("tamsoat SCU (send_files)", statistics.median(sends["tamsoat"]),
+                   statistics.median(t / d for t, d in zip(sends["tamsoat"], sends["dcmtk"], strict=True)))
         finally:
             pacs.close()
 
