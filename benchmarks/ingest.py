@@ -153,13 +153,29 @@ def storescu(port: int, files: list[Path], parallel: int, called: str) -> float:
     return time.perf_counter() - started
 
 
+def build_fsync_shim(work: Path) -> Path | None:
+    """``fsync_on_close.c`` built into ``work``; None (with a message) when there is no C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        print("no C compiler: the durable DCMTK reference (fsync_on_close.c) is left out\n")
+        return None
+    target = work / "fsync_on_close.so"
+    source = Path(__file__).with_name("fsync_on_close.c")
+    subprocess.run([compiler, "-shared", "-fPIC", "-O2", "-o", str(target), str(source), "-ldl"], check=True)
+    return target
+
+
 class DcmtkReceiver:
-    def __init__(self, out: Path) -> None:
+    """DCMTK's storescp; with ``preload`` (the fsync shim) every file it writes is fsynced with its
+    directory before it answers."""
+
+    def __init__(self, out: Path, preload: Path | None = None) -> None:
         self.out = out
         self.port = free_port()
         out.mkdir(parents=True)
+        env = {**ENV, "LD_PRELOAD": str(preload)} if preload is not None else ENV
         self.proc = subprocess.Popen(["storescp", "--aetitle", "PACS", "-pdu", "131072", "--output-directory",
-                                      str(out), str(self.port)], env=ENV, stdout=subprocess.DEVNULL,
+                                      str(out), str(self.port)], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
@@ -214,6 +230,14 @@ def evict(folder: Path) -> None:
                 os.close(fd)
 
 
+def median_ratio(runs: dict[tuple[str, bool], list[float]], measured: tuple[str, bool],
+                 reference: tuple[str, bool]) -> float | None:
+    """The median of the rounds' own ratios measured/reference (None without that reference)."""
+    if reference not in runs:
+        return None
+    return statistics.median(m / r for m, r in zip(runs[measured], runs[reference], strict=True))
+
+
 def _store_seconds() -> tuple[float, float]:
     """(sum, count) of the gateway's ingest-time histogram for DIMSE."""
     labels = {"source": "dimse"}
@@ -249,11 +273,12 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
     counter = iter(range(10_000))
 
     store_ms: dict[tuple[int, bool], list[float]] = {}
+    shim = build_fsync_shim(work) if args.only in (None, "receive") else None
 
     def receive(kind: str, parallel: int, fsync: bool = True) -> float:
         where = work / f"r{next(counter)}"
         receiver: DcmtkReceiver | TamsoatReceiver
-        receiver = DcmtkReceiver(where) if kind == "dcmtk" else TamsoatReceiver(where, fsync)
+        receiver = DcmtkReceiver(where, shim if fsync else None) if kind == "dcmtk" else TamsoatReceiver(where, fsync)
         # Start every run with no dirty pages of the one before: storescp leaves ~160 MB unwritten
         # (it never fsyncs), and the kernel's write-back of it would otherwise slow the next run.
         os.sync()
@@ -271,9 +296,13 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             store_ms.setdefault((parallel, fsync), []).append(1000 * spent / max(count, 1))
         return n / seconds
 
-    def report(label: str, rate: float, ratio: float | None = None, store: tuple[int, bool] | None = None) -> None:
-        """``ratio``: tamsoat/DCMTK, the median of the interleaved rounds' own ratios."""
+    def report(label: str, rate: float, ratio: float | None = None, store: tuple[int, bool] | None = None,
+               durable_ratio: float | None = None) -> None:
+        """``ratio``: tamsoat/DCMTK, the median of the interleaved rounds' own ratios; ``durable_ratio``
+        the same against the durable DCMTK reference."""
         shown = f"   ratio {ratio:.2f}" if ratio is not None else ""
+        if durable_ratio is not None:
+            shown += f" (vs durable DCMTK {durable_ratio:.2f})"
         where = ""
         if store is not None and store in store_ms:
             # Time inside the ingest path (header check, spool write+fsyncs, DB row+commit) per instance,
@@ -287,14 +316,20 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             # Interleaved: each round runs DCMTK and both tamsoat variants one after the other, so
             # every ratio compares runs minutes apart at most (this machine's speed drifts by 2x).
             runs: dict[tuple[str, bool], list[float]] = {}
+            kinds = [("dcmtk", False), *([("dcmtk", True)] if shim else []), ("tamsoat", True), ("tamsoat", False)]
             for _ in range(args.rounds):
-                for kind, fsync in (("dcmtk", False), ("tamsoat", True), ("tamsoat", False)):
+                for kind, fsync in kinds:
                     runs.setdefault((kind, fsync), []).append(receive(kind, parallel, fsync))
+
             report(f"DCMTK storescp, {parallel} assoc (no fsync)", statistics.median(runs["dcmtk", False]))
+            if shim:
+                report(f"DCMTK storescp, {parallel} assoc, durable", statistics.median(runs["dcmtk", True]),
+                       median_ratio(runs, ("dcmtk", True), ("dcmtk", False)))
             for fsync in (True, False):
                 label = f"tamsoat SCP, {parallel} assoc, fsync {'on' if fsync else 'off'}"
-                ratios = [t / d for t, d in zip(runs["tamsoat", fsync], runs["dcmtk", False], strict=True)]
-                report(label, statistics.median(runs["tamsoat", fsync]), statistics.median(ratios), (parallel, fsync))
+                report(label, statistics.median(runs["tamsoat", fsync]),
+                       median_ratio(runs, ("tamsoat", fsync), ("dcmtk", False)), (parallel, fsync),
+                       median_ratio(runs, ("tamsoat", fsync), ("dcmtk", True)))
 
     if args.only == "breakdown":
         _breakdown(args, files, work)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from functools import lru_cache
 from typing import overload
 
 from pydicom.uid import UID
@@ -110,6 +111,14 @@ class _Reader:
         return end
 
 
+@lru_cache(maxsize=64)
+def _encoding(transfer_syntax_uid: str) -> tuple[bool, bool, bool]:
+    """(deflated, implicit VR, little endian) of a transfer syntax; cached, as pydicom's UID
+    validates its value with a regular expression every time one is made (~5% of a store's CPU)."""
+    ts = UID(transfer_syntax_uid)
+    return ts.is_deflated, ts.is_implicit_VR, ts.is_little_endian
+
+
 @overload
 def scan_header(encoded: bytes, transfer_syntax_uid: str) -> dict[int, bytes]: ...
 @overload
@@ -123,14 +132,14 @@ def scan_header(encoded: bytes, transfer_syntax_uid: str, *, partial: bool = Fal
     With ``partial``, ``encoded`` is only the data set's first bytes: None when they end before an
     element past the wanted ones (the rest may hold more of them); an element cut by their end
     raises :class:`HeaderError` like a malformed one."""
-    ts = UID(transfer_syntax_uid)
+    deflated, implicit, little = _encoding(transfer_syntax_uid)
     data = encoded
-    if ts.is_deflated:
+    if deflated:
         try:
             data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(encoded, _INFLATE_LIMIT)
         except zlib.error as exc:
             raise HeaderError("the deflated data set cannot be inflated") from exc
-    reader = _Reader(data, ts.is_implicit_VR, ts.is_little_endian)
+    reader = _Reader(data, implicit, little)
     found: dict[int, bytes] = {}
     pos = 0
     while pos < len(data):

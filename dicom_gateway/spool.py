@@ -20,7 +20,9 @@ the new data becomes the next version. An acknowledged file is therefore never o
 
 Content identity is the SHA-256 of the data set bytes exactly as received (without the File Meta
 Information, which we write ourselves), so the same instance re-sent by another AE is still a
-duplicate.
+duplicate. It is computed in another thread while the file is written and fsynced: a new SOP
+Instance UID needs it only for its index entry, after the write (~0.25 ms of a 525 KB instance's
+critical path that overlaps the disk's).
 
 Concurrency: stores of the same SOP Instance UID are serialised with ``fcntl.flock`` on a per-shard
 lock file, which works between threads and between gateway processes sharing the spool.
@@ -28,6 +30,7 @@ lock file, which works between threads and between gateway processes sharing the
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
 import fcntl
@@ -270,6 +273,26 @@ def _dataset_digest(path: str) -> str | None:
     return hashlib.sha256(data[offset:]).hexdigest()
 
 
+def _digest(chunks: Sequence[Chunk]) -> str:
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(chunk)  # releases the GIL for all but the smallest chunks
+    return hasher.hexdigest()
+
+
+_hasher_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_hasher_pool_lock = threading.Lock()
+
+
+def _hashers() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads that hash data sets while the storing threads write them (made on first use)."""
+    global _hasher_pool
+    with _hasher_pool_lock:
+        if _hasher_pool is None:
+            _hasher_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tamsoat-spool-hash")
+        return _hasher_pool
+
+
 def _shard(sop: str) -> str:
     return hashlib.sha256(sop.encode("ascii")).hexdigest()[:2]
 
@@ -335,10 +358,24 @@ class Spool:
         series = validate_uid(series_instance_uid, "SeriesInstanceUID")
         tsyntax = validate_uid(transfer_syntax_uid, "TransferSyntaxUID")
 
-        hasher = hashlib.sha256()
-        for chunk in chunks:
-            hasher.update(chunk)
-        digest = hasher.hexdigest()
+        hashing = _hashers().submit(_digest, chunks)  # on another core, while this one writes
+        try:
+            return self._store(chunks, hashing, sop_class, sop, study, series, tsyntax, source_ae_title)
+        finally:
+            hashing.cancel()
+            concurrent.futures.wait((hashing,))  # never leave a thread reading the caller's buffers
+
+    def _store(
+        self,
+        chunks: Sequence[Chunk],
+        hashing: concurrent.futures.Future[str],
+        sop_class: str,
+        sop: str,
+        study: str,
+        series: str,
+        tsyntax: str,
+        source_ae_title: str | None,
+    ) -> SpooledFile:
         header = part10_header(
             sop_class_uid=sop_class,
             sop_instance_uid=sop,
@@ -354,6 +391,7 @@ class Spool:
             self._ensure_dirs((INDEX_DIR, shard))
             with self._locked(index_dir):
                 entries = self._read_index(index_dir, sop)
+                digest = hashing.result() if entries else ""  # "": not needed yet (a new SOP Instance UID)
                 for entry in entries:
                     if entry.sha256 == digest:
                         target = f"{self._base}/{entry.path_relative}"
@@ -372,6 +410,7 @@ class Spool:
                     found = _dataset_digest(target)
                     if found is None:
                         break
+                    digest = digest or hashing.result()
                     # A file the index does not list (the index was lost): the file wins.
                     entries.append(_IndexEntry(version, found, os.stat(target).st_size, rel))
                     if found == digest:
@@ -390,6 +429,7 @@ class Spool:
                     self._dirs.clear()
                     self._ensure_dirs(series_parts)
                     size = _write_atomic(target, content, self.fsync, self.drop_cached)
+                digest = digest or hashing.result()
                 entries.append(_IndexEntry(version, digest, size, rel))
                 self._write_index(index_dir, sop, entries)
         except OSError as exc:

@@ -444,3 +444,39 @@ def test_a_spool_opened_on_a_full_disk_makes_its_shards_later(tmp_path: Path, mo
     stored = spool.store((data,), **uids)
     assert (spool.root / stored.path_relative).is_file()
     assert spool.versions(uids["sop_instance_uid"])[0].sha256 == stored.sha256
+
+
+def test_the_hash_runs_beside_the_write_and_is_waited_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data set is hashed in another thread while the file is written; store returns its digest
+    and, even when the write fails, returns only after that thread has stopped reading the buffers."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    data, uids = encode()
+    real_digest = spool_mod._digest
+    threads: list[str] = []
+    finished: list[bool] = []
+
+    def slow_digest(chunks: tuple[bytes, ...]) -> str:
+        import threading
+        import time
+
+        threads.append(threading.current_thread().name)
+        time.sleep(0.2)
+        finished.append(True)
+        return real_digest(chunks)
+
+    monkeypatch.setattr(spool_mod, "_digest", slow_digest)
+    result = spool.store((data,), **uids)
+    assert result.sha256 == hashlib.sha256(data).hexdigest()
+    assert threads and threads[0].startswith("tamsoat-spool-hash")
+    assert spool.versions(uids["sop_instance_uid"])[0].sha256 == result.sha256
+
+    finished.clear()
+    other, other_uids = encode(seed=1)
+
+    def full(fd: int, chunks: tuple[bytes, ...]) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(spool_mod, "_write_chunks", full)
+    with pytest.raises(SpoolFullError):
+        spool.store((other,), **other_uids)
+    assert finished == [True]  # the hash had ended before store raised

@@ -16,6 +16,7 @@ from pydicom.filereader import data_element_generator, read_dataset
 from pydicom.filewriter import write_dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -23,8 +24,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
+import dicom_gateway.header as header_mod
 from dicom_gateway.header import _MAX_DEPTH, WANTED, HeaderError, scan_header
-from tests.dicom_gateway.gateway_helpers import make_ct_dataset
+from tests.dicom_gateway.gateway_helpers import encode_le, make_ct_dataset
 
 LANGUAGE_CODE_SEQUENCE = 0x00080006
 CODING_SCHEME_IDENTIFICATION_SEQUENCE = 0x00080110
@@ -458,3 +460,23 @@ def test_un_sequence_of_undefined_length() -> None:
 
     assert found == _reference(data, EXPLICIT_LE)
     assert set(found) == set(WANTED)
+
+
+def test_transfer_syntax_properties_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """scan_header looks a transfer syntax up once per process (pydicom's UID runs a regular
+    expression every time one is made)."""
+    made: list[str] = []
+    real_uid = header_mod.UID
+
+    def counting_uid(value: str) -> UID:
+        made.append(value)
+        return real_uid(value)
+
+    header_mod._encoding.cache_clear()
+    monkeypatch.setattr(header_mod, "UID", counting_uid)
+    data = encode_le(make_ct_dataset(seed=3))
+    first = scan_header(data, ExplicitVRLittleEndian)
+    for _ in range(5):
+        assert scan_header(data, ExplicitVRLittleEndian) == first
+    assert made == [ExplicitVRLittleEndian]
+    header_mod._encoding.cache_clear()
