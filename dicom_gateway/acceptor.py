@@ -429,8 +429,7 @@ class Acceptor:
                 (RESPONDED_TO, "US", message_id), (DATA_SET_TYPE, "US", _NO_DATA_SET),
                 (STATUS, "US", _UNRECOGNIZED_OPERATION),
             )
-        for pdu in ul.p_data_pdus(context.id, True, response, assoc.peer_max_pdu):
-            conn.send(pdu)
+        conn.send_parts(ul.p_data_pdus(context.id, True, response, assoc.peer_max_pdu))
 
 
 def _comment(text: str | None) -> str | None:

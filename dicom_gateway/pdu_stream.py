@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
+from collections.abc import Sequence
 
 from dicom_gateway.upper_layer import REASON_INVALID_PARAMETER, PduError
 
 __all__ = ["PduStream", "recv_exactly"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
+_IOV_MAX = 1024  # buffers per sendmsg (Linux's limit)
 
 
 def recv_exactly(sock: socket.socket, view: memoryview) -> int:
@@ -59,6 +62,23 @@ class PduStream:
 
     def send(self, data: bytes) -> None:
         self.sock.sendall(data)
+
+    def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
+        """Send ``parts`` in order, as one stream of bytes: gathered into few system calls (one per
+        ``_IOV_MAX`` parts, e.g. a command and its whole data set), without joining them."""
+        if isinstance(self.sock, ssl.SSLSocket):  # TLS has no gathered send
+            for part in parts:
+                self.sock.sendall(part)
+            return
+        for start in range(0, len(parts), _IOV_MAX):
+            group = [memoryview(p) for p in parts[start:start + _IOV_MAX]]
+            while group:
+                sent = self.sock.sendmsg(group)
+                while group and sent >= len(group[0]):
+                    sent -= len(group[0])
+                    group.pop(0)
+                if group and sent:
+                    group[0] = group[0][sent:]
 
     def settimeout(self, seconds: float) -> None:
         self.sock.settimeout(seconds)

@@ -125,7 +125,7 @@ class Requestor:
         self._message_id = self._message_id % 65535 + 1
         return self._message_id
 
-    def c_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str, data: bytes) -> Command:
+    def c_store(self, context_id: int, sop_class_uid: str, sop_instance_uid: str, data: bytes | memoryview) -> Command:
         """Send one data set (already in the context's transfer syntax); returns the response."""
         message_id = self._next_id()
         rq = command(
@@ -142,15 +142,14 @@ class Requestor:
         self._send(context_id, rq, None)
         return self._response(message_id)
 
-    def _send(self, context_id: int, rq: bytes, data: bytes | None) -> None:
+    def _send(self, context_id: int, rq: bytes, data: bytes | memoryview | None) -> None:
         if not self.is_open:
             raise AssociationError("the association has ended")
         try:
-            for pdu in ul.p_data_pdus(context_id, True, rq, self._peer_max_pdu):
-                self._stream.send(pdu)
+            parts = ul.p_data_pdus(context_id, True, rq, self._peer_max_pdu)
             if data is not None:
-                for pdu in ul.p_data_pdus(context_id, False, data, self._peer_max_pdu):
-                    self._stream.send(pdu)
+                parts += ul.p_data_pdus(context_id, False, data, self._peer_max_pdu)
+            self._stream.send_parts(parts)  # the command and its data set in one go
         except OSError as exc:
             self._lost(exc)
 

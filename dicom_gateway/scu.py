@@ -256,12 +256,13 @@ def _open(destination: Destination, calling_ae: str, contexts: list[tuple[str, s
     )
 
 
-def _data_set(f: _File, syntax: str) -> bytes:
-    """The file's data set bytes in ``syntax``: as stored when it is the file's own, else decoded and
-    re-encoded (only between the two uncompressed little-endian syntaxes)."""
+def _data_set(f: _File, syntax: str) -> bytes | memoryview:
+    """The file's data set bytes in ``syntax``: as stored when it is the file's own (a view of the
+    file's bytes), else decoded and re-encoded (only between the two uncompressed little-endian
+    syntaxes)."""
     raw = f.path.read_bytes()
     if syntax == f.transfer_syntax_uid:
-        return raw[f.dataset_offset:]
+        return memoryview(raw)[f.dataset_offset:]
     ds = dcmread(BytesIO(raw))
     buf = DicomBytesIO()
     buf.is_little_endian = True
@@ -270,7 +271,7 @@ def _data_set(f: _File, syntax: str) -> bytes:
     return buf.getvalue()
 
 
-def _send_one(requestor: Requestor, f: _File, syntax: str, reading: Future[bytes],
+def _send_one(requestor: Requestor, f: _File, syntax: str, reading: Future[bytes | memoryview],
               destination: Destination) -> SendResult:
     """Send one file in ``syntax`` (its own, or the accepted other little-endian one), once
     ``reading`` (:func:`_data_set`) has its bytes."""

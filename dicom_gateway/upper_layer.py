@@ -300,17 +300,19 @@ def pdvs(body: memoryview) -> Iterator[tuple[int, int, memoryview]]:
         offset = end
 
 
-def p_data_pdus(context_id: int, is_command: bool, data: bytes, max_pdu: int) -> Iterator[bytes]:
-    """``data`` as P-DATA-TF PDUs of one PDV each, none longer than ``max_pdu`` (0: no limit)."""
-    room = (max_pdu - 6) if max_pdu else len(data) or 1  # a PDV item takes 6 bytes of the PDU
+def p_data_pdus(context_id: int, is_command: bool, data: bytes | memoryview, max_pdu: int) -> list[bytes | memoryview]:
+    """``data`` as P-DATA-TF PDUs of one PDV each, none longer than ``max_pdu`` (0: no limit), in
+    pieces to send one after the other: each PDU's 12 header bytes, then its part of ``data`` (a
+    view, not a copy)."""
+    view = memoryview(data)
+    room = (max_pdu - 6) if max_pdu else len(view) or 1  # a PDV item takes 6 bytes of the PDU
     room = max(room, 1)
+    parts: list[bytes | memoryview] = []
     offset = 0
     while True:
-        chunk = data[offset:offset + room]
+        chunk = view[offset:offset + room]
         offset += len(chunk)
-        last = offset >= len(data)
-        control = (0x01 if is_command else 0x00) | (0x02 if last else 0x00)
-        pdv = _PDV.pack(len(chunk) + 2, context_id, control) + chunk
-        yield _HEADER.pack(P_DATA_TF, 0, len(pdv)) + pdv
-        if last:
-            return
+        control = (0x01 if is_command else 0x00) | (0x02 if offset >= len(view) else 0x00)
+        parts += (_HEADER.pack(P_DATA_TF, 0, len(chunk) + 6) + _PDV.pack(len(chunk) + 2, context_id, control), chunk)
+        if offset >= len(view):
+            return parts

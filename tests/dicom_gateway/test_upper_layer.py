@@ -270,7 +270,9 @@ SIZES = [0, 1, 2, 3, 10, 100, 16377, 16378, 16379, 40_000]
 def test_p_data_pdus(max_pdu: int, size: int, is_command: bool) -> None:
     data = bytes((i * 7 + i // 251) & 0xFF for i in range(size))
 
-    pdus = list(ul.p_data_pdus(5, is_command, data, max_pdu))
+    parts = ul.p_data_pdus(5, is_command, data, max_pdu)
+    assert all(isinstance(chunk, memoryview) and chunk.obj is data for chunk in parts[1::2])  # views, no copies
+    pdus = [bytes(header) + bytes(chunk) for header, chunk in zip(parts[::2], parts[1::2], strict=True)]
 
     room = max_pdu - 6 if max_pdu else max(size, 1)
     assert len(pdus) == max(1, math.ceil(size / room))
@@ -298,7 +300,8 @@ def test_p_data_pdus(max_pdu: int, size: int, is_command: bool) -> None:
 
 
 def test_p_data_pdus_smallest_max_pdu() -> None:
-    pdus = list(ul.p_data_pdus(1, False, b"abc", 7))
+    parts = ul.p_data_pdus(1, False, b"abc", 7)
+    pdus = [bytes(header) + bytes(chunk) for header, chunk in zip(parts[::2], parts[1::2], strict=True)]
     assert all(struct.unpack_from(">L", pdu, 2)[0] <= 7 for pdu in pdus)
     assert b"".join(pdu[12:] for pdu in pdus) == b"abc"
 
