@@ -1,20 +1,25 @@
 """Receive and send throughput of the DICOM gateway against DCMTK, on one 300-instance CT series.
 
-    .venv/bin/python benchmarks/ingest.py                 # everything, 3 rounds, medians
+    .venv/bin/python benchmarks/ingest.py                    # everything, 3 rounds, medians
     .venv/bin/python benchmarks/ingest.py --rounds 1 --only receive
-    .venv/bin/python benchmarks/ingest.py --only breakdown   # where receiving's time goes
+    .venv/bin/python benchmarks/ingest.py --only breakdown   # receiving's parts added one at a time
+    .venv/bin/python benchmarks/ingest.py --only phases      # time in each step of receiving
 
 Receiving: DCMTK ``storescu`` sends the series to
   * DCMTK ``storescp`` (the reference; DCMTK 3.6.7's storescp has no fsync option, so it never
-    fsyncs: its files may be lost on power failure although it answered success), and to
+    fsyncs: its files may be lost on power failure although it answered success),
+  * the same storescp made durable ("durable"): ``fsync_on_close.c``, built here with the system's
+    C compiler and preloaded, fsyncs each file and its directory when storescp closes it, before it
+    answers (two of our three durability points; storescp has no database). Left out, with a
+    message, when there is no C compiler. A second reference, not the target, and
   * tamsoat's StorageSCP with the service's own sink (the instance row in SQLite, WAL,
     synchronous=FULL) and the spool's fsync ON (temp file, fsync, rename, fsync directory): success
     is answered only once the instance is durable. Also with fsync off, to show what durability costs.
 Each with 1 association and with 4 parallel associations (4 storescu processes, a quarter each).
 Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment). Rounds are interleaved
-(each round runs DCMTK, then tamsoat with fsync on, then off) and a ratio is the median of the
-rounds' own ratios. After every run its files are written back and dropped from the page cache
-(``evict``), so every run starts from the same memory; see "the page cache" below for why.
+(each round runs DCMTK, durable DCMTK, then tamsoat with fsync on, then off) and a ratio is the
+median of the rounds' own ratios. After every run its files are written back and dropped from the
+page cache (``evict``), so every run starts from the same memory; see "the page cache" below.
 
 Sending: tamsoat's SCU (``dicom_gateway.scu.send_files``, one association) vs DCMTK ``storescu``,
 both to DCMTK ``storescp``, interleaved the same way.
@@ -24,42 +29,70 @@ The series is generated once (training.phantom, 300 x 512 x 512 CT slices) into 
 "durable store X of Y ms" is the time inside the ingest path (header check, spool write with its
 fsyncs, database row and commit) against the wall time per instance and association.
 
-Measured 2026-12-04 on the development machine (2 vCPUs, ext4 on a virtual disk whose fsync latency
-varies several-fold from minute to minute), ``--rounds 3``:
+Measured 2026-12-04 (a later session) on the development machine (2 vCPUs, ext4 without a journal
+on a virtual disk; this machine was ~1.8x faster for storescp than the day before), ``--rounds 3``,
+two runs:
 
-    DCMTK storescp, 1 assoc (no fsync)       838 inst/s
-    tamsoat SCP, 1 assoc, fsync on           291 inst/s  ratio 0.36   (2.5 of 3.4 ms in the durable store)
-    tamsoat SCP, 1 assoc, fsync off          379 inst/s  ratio 0.47
-    DCMTK storescp, 4 assoc (no fsync)       820 inst/s  (storescp serves one association at a time)
-    tamsoat SCP, 4 assoc, fsync on           420 inst/s  ratio 0.49
-    tamsoat SCP, 4 assoc, fsync off          471 inst/s  ratio 0.57
-    sending: DCMTK storescu                  820 inst/s
-    sending: tamsoat send_files              892 inst/s  ratio 1.09
+    DCMTK storescp, 1 assoc (no fsync)      1558 / 1505 inst/s
+    DCMTK storescp, 1 assoc, durable         675 /  700 inst/s   (0.46 / 0.51 of plain storescp)
+    tamsoat SCP, 1 assoc, fsync on           397 /  397 inst/s   ratio 0.27 / 0.27, vs durable 0.58 / 0.58
+    tamsoat SCP, 1 assoc, fsync off          501 /  498 inst/s   ratio 0.34 / 0.35
+    DCMTK storescp, 4 assoc (no fsync)      1207 / 1173 inst/s   (storescp serves one association at a time)
+    DCMTK storescp, 4 assoc, durable         632 /  646 inst/s
+    tamsoat SCP, 4 assoc, fsync on           485 /  483 inst/s   ratio 0.40 / 0.41, vs durable 0.75 / 0.75
+    tamsoat SCP, 4 assoc, fsync off          544 /  540 inst/s   ratio 0.45 / 0.44
+    sending: DCMTK storescu                 1124 / 1147 inst/s
+    sending: tamsoat send_files             1003 /  943 inst/s   ratio 0.92 / 0.96
 
-The day before (same machine, rounds not interleaved, no eviction): tamsoat 201 inst/s with 1
-association and 202 with 4 (DCMTK 779 and 512: its runs then paid for fresh pages, see below).
+Sending, 5 rounds per run, three runs each of the code before and after its PDUs went out as one
+gathered ``sendmsg`` (one-off A/B script): before 0.86 / 0.98 / 0.83, after 1.05 / 1.08 / 1.07. The
+rounds' ratios spread from 0.6 to 1.3: sending is at parity with storescu within this machine's noise.
+Hashing beside the write (one-off A/B, 4 pairs, 1 association): 1.04-1.09x faster; 4 associations: no change.
+(The day before, on the slower machine: storescp 838 / 820, tamsoat 291 / 420, ratios 0.36 / 0.49.)
 
-Where the time goes, receiving: ``--only breakdown`` adds the parts of the path one at a time (one
-association, interleaved rounds, our process's CPU per instance from getrusage; 2026-12-04):
+Where the time goes, receiving. ``--only phases`` times each step of the service's path (fsync on;
+per instance, summed over the associations; one run):
 
-    DCMTK storescp                                 808 inst/s
-    acceptor, header, checks (keeps nothing)      1057 inst/s  ratio 1.27  our CPU 0.49 ms/instance
-    + spool on tmpfs, no fsync                     526 inst/s  ratio 0.65  our CPU 1.29 ms/instance
-    + database row (SQLite on tmpfs)               445 inst/s  ratio 0.53  our CPU 1.68 ms/instance
-    + disk, fsync on (the service)                 295 inst/s  ratio 0.31  our CPU 2.17 ms/instance
+                                                   1 assoc    4 assoc
+    wall time per instance and association         2.79 ms    8.70 ms
+    read a PDU (includes waiting for storescu)     0.55       1.21
+    ingest: header, spool, row                     2.05       6.35
+      header                                       0.04       0.05
+      spool: file and index entry                  1.34       3.82
+        write, fsync, rename, fsync dir            0.93       2.65
+          write (into the page cache)              0.12       0.32
+          fsync (file and directory)               0.66       1.74
+        index entry (a new file)                   0.14       0.41
+      database: row and commit (WAL fsync)         0.60       2.40
+        the row's statements                       0.27       0.61
+    send the response                              0.05       0.33
 
-(2026-12-03, before: 0.85 / 0.61 / 0.36 / 0.24, with 1.02 / 2.12 / 4.01 / 4.91 ms of CPU.)
+``--only breakdown`` (one association, parts added one at a time, our process's CPU per instance):
 
-* the protocol side is faster than storescp: the data set's fragments are handed on as views of the
-  PDU buffers and never joined (the join alone held the GIL ~0.3 ms per 525 KB instance);
-* the spool costs ~0.8 ms of CPU without a disk: SHA-256 of the 525 KB (~0.35), copying them into
-  the page cache, temp file, rename, per-SOP index and lock;
-* the database row costs ~0.4 ms: two Core statements on a kept connection, no ORM session, and no
-  hand-over to a writer thread (each of those cost ~0.1-0.25 ms; a one-off loop of ``BatchingSink``
-  alone: 0.61 -> 0.35 ms of CPU per row on disk);
-* the disk adds the two fsyncs of the file and its directory and the WAL's, in series (a one-off
-  raw loop: ~0.5-0.7 + ~0.2 ms, several ms when the disk is busy), and ext4's metadata writes (this
-  disk's ext4 has no journal, ``ext4_fsync_nojournal`` in ``perf``: concurrent fsyncs share nothing).
+    DCMTK storescp                                 1229 inst/s
+    acceptor, header, checks (keeps nothing)       1466 inst/s  ratio 1.25  our CPU 0.32 ms/instance
+    + spool on tmpfs, no fsync                      781 inst/s  ratio 0.64  our CPU 1.09 ms/instance
+    + database row (SQLite on tmpfs)                619 inst/s  ratio 0.52  our CPU 1.41 ms/instance
+    + disk, fsync on (the service)                  373 inst/s  ratio 0.30  our CPU 1.96 ms/instance
+
+* the protocol side is faster than storescp: fragments are handed on as views of the PDU buffers
+  and never joined; responses (and, sending, a command with its whole data set) go out in one
+  gathered ``sendmsg``;
+* the spool's SHA-256 (~0.27 ms per 525 KB) runs in another thread while the file is written and
+  fsynced; the transfer syntax's properties are looked up once (pydicom's UID ran a regular
+  expression per instance, ~5% of the CPU);
+* durability is the bulk of it: fsync of the file (~0.5 ms for 525 KB, the disk's bandwidth), of
+  its directory (~0.15 ms) and the WAL commit (~0.15-0.3 ms), in series, and slower when four
+  associations share the disk. A one-off raw loop of just "temp file, write, fsync, rename, fsync dir" does
+  ~1000 files/s with one thread and ~1650/s with four on this disk: the floor under any durable
+  receiver here, against plain storescp's 1500/s;
+* every inode this file system creates costs ~0.1-0.25 ms of kernel CPU: without a journal, ext4
+  skips inodes freed in the last ~30 s (``recently_deleted`` in ``perf``: half of a create), and
+  the tests and benchmarks free many. We create two per new instance (the temp file that becomes
+  the data file, and the index entry), storescp one;
+* with four associations the CPU is ~1/3 idle and the GIL held ~0.6 ms per instance (``perf`` and
+  ``py-spy --gil``, one-off): the bound
+  is the disk's latency under four writers, not the interpreter.
 
 The page cache: on this project's virtual machines writing into pages the guest has not used yet
 costs ~1.5 ms per 525 KB (the host backs them on first touch: ``perf`` shows 86% of such a write in
@@ -70,21 +103,21 @@ and pays for fresh pages unless the memory was freed just before. Without ``evic
 swung with the order of the runs (storescp's 4-association rate 370 after storescp runs, 730 after
 tamsoat runs): with it, every storescp run gets freed pages too, the most favourable case for the
 reference. With fsync off the spool keeps its pages too (they are dirty): that is why "fsync off"
-is not much faster than "fsync on".
+is not much faster than "fsync on". The breakdown's tmpfs spool keeps every file in memory, so its
+"+ spool" step pays for fresh pages each time: it overstates the spool's cost on a disk.
 
-Why not 1.0: DCMTK's storescp fsyncs nothing, and storescu waits for each response before it sends
-the next instance, so with one association each success waits for three durability points in
-series (file, directory, WAL: ~1-1.5 ms when the disk is quiet) that storescp never waits for,
-inside its whole per-instance time of ~1.2 ms. With four associations the fsyncs overlap and the
-bound is CPU: the two cores carry storescu's ~0.8 ms and our ~2.3-3.0 ms per instance (storescp:
-~1.5 ms), ~45% of it in the Python interpreter (``perf``). Sending has no fsync on our side and is
-faster than storescu: the next file is read while the peer stores the current one, and the data set
-goes out as stored.
+Why not 1.0: storescp fsyncs nothing, and storescu waits for each response before it sends the
+next instance, so with one association each success waits for three durability points in series
+(~1 ms when the disk is quiet) inside storescp's whole per-instance time of ~0.65 ms. Made as
+durable (file and directory), storescp itself runs at ~0.5 of its plain speed; against that we
+reach 0.58 with one association and 0.75 with four. Sending has no fsync on our side and is at
+parity with storescu.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import resource
 import shutil
@@ -96,13 +129,17 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dicom_gateway import ingest as ingest_mod
 from dicom_gateway import metrics
+from dicom_gateway import spool as spool_mod
 from dicom_gateway.assembly import record_instance
 from dicom_gateway.batching import BatchingSink
-from dicom_gateway.ingest import InstanceSink
+from dicom_gateway.ingest import Ingestor, InstanceSink
+from dicom_gateway.pdu_stream import PduStream
 from dicom_gateway.scp import ScpTimeouts, StorageSCP
 from dicom_gateway.scu import send_files
 from dicom_gateway.spool import Chunk, Spool, SpooledFile
@@ -252,8 +289,9 @@ def main() -> None:
     ap.add_argument("--instances", type=int, default=300)
     ap.add_argument("--rounds", type=int, default=3, help="repeat each measurement; the median is shown")
     ap.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder on /tmp)")
-    ap.add_argument("--only", choices=["receive", "send", "breakdown"], default=None,
-                    help="breakdown: one association, the receiving path's parts added one at a time")
+    ap.add_argument("--only", choices=["receive", "send", "breakdown", "phases"], default=None,
+                    help="breakdown: one association, the receiving path's parts added one at a time; "
+                         "phases: time spent in each step of the receiving path, per instance")
     args = ap.parse_args()
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -333,6 +371,8 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
 
     if args.only == "breakdown":
         _breakdown(args, files, work)
+    if args.only == "phases":
+        _phases(files, work)
 
     if args.only in (None, "send"):
         print("sending (sender -> DCMTK storescp), 1 association")
@@ -410,6 +450,65 @@ def _breakdown(args: argparse.Namespace, files: list[Path], work: Path) -> None:
         ratio = statistics.median(rate / ref for (rate, _), ref in zip(got, dcmtk, strict=True))
         print(f"  {label:<44} {statistics.median(r for r, _ in got):8.1f} inst/s   ratio {ratio:.2f}   our CPU "
               f"{statistics.median(c for _, c in got):.2f} ms/instance", flush=True)
+
+
+# (owner, attribute, label): the steps of the receiving path that --only phases times; nested ones
+# are indented under the step that calls them.
+_PHASES: list[tuple[object, str, str]] = [
+    (PduStream, "read_pdu", "read a PDU (includes waiting for storescu)"),
+    (Ingestor, "ingest", "ingest: header, spool, row"),
+    (ingest_mod, "_read_header", "  header"),
+    (Spool, "store", "  spool: file and index entry"),
+    (spool_mod, "_write_atomic", "    write, fsync, rename, fsync dir"),
+    (spool_mod, "_write_chunks", "      write (into the page cache)"),
+    (spool_mod.os, "fsync", "      fsync (file and directory)"),
+    (Spool, "_write_index", "    index entry (a new file)"),
+    (BatchingSink, "__call__", "  database: row and commit (WAL fsync)"),
+    (sys.modules[__name__], "record_instance", "    the row's statements"),
+    (PduStream, "send_parts", "send the response"),
+]
+
+
+def _phases(files: list[Path], work: Path) -> None:
+    """The service's receiving path, fsync on, with each step of :data:`_PHASES` timed (summed over
+    the instances and divided by their number, so with 4 associations the steps overlap)."""
+    n = len(files)
+    for parallel in (1, 4):
+        spent: dict[str, float] = {label: 0.0 for _, _, label in _PHASES}
+        originals = [(owner, name, owner.__dict__[name]) for owner, name, _ in _PHASES]
+        for owner, name, label in _PHASES:
+            setattr(owner, name, _timed(owner.__dict__[name], label, spent))
+        try:
+            where = work / f"phases-{parallel}"
+            receiver = TamsoatReceiver(where, fsync=True)
+            os.sync()
+            try:
+                seconds = storescu(receiver.port, files, parallel, "TAMSOAT")
+            finally:
+                receiver.close()
+                evict(where)
+        finally:
+            for owner, name, original in originals:
+                setattr(owner, name, original)
+        print(f"{parallel} association(s): {n / seconds:.1f} inst/s, {1000 * seconds * parallel / n:.2f} ms per "
+              f"instance and association; per instance, summed over the associations:")
+        for label, total in spent.items():
+            print(f"  {label:<48} {1000 * total / n:6.3f} ms")
+
+
+def _timed(function: Any, label: str, spent: dict[str, float]) -> Any:
+    """``function`` (a plain function or a static method) adding its wall time to ``spent[label]``."""
+    inner = function.__func__ if isinstance(function, staticmethod) else function
+
+    @functools.wraps(inner)
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return inner(*args, **kwargs)
+        finally:
+            spent[label] += time.perf_counter() - started
+
+    return staticmethod(timed) if isinstance(function, staticmethod) else timed
 
 
 if __name__ == "__main__":
