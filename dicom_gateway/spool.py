@@ -289,7 +289,9 @@ def _hashers() -> concurrent.futures.ThreadPoolExecutor:
     global _hasher_pool
     with _hasher_pool_lock:
         if _hasher_pool is None:
-            _hasher_pool = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tamsoat-spool-hash")
+            # One per core, at least four: stores never queue behind each other's hashes for long.
+            workers = max(4, os.cpu_count() or 1)
+            _hasher_pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tamsoat-spool-hash")
         return _hasher_pool
 
 
