@@ -16,6 +16,7 @@ __all__ = ["PduStream", "recv_exactly"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
 _IOV_MAX = 1024  # buffers per sendmsg (Linux's limit)
+_TLS_WRITE = 256 * 1024  # over TLS, parts are sent in writes of about this size
 
 
 def recv_exactly(sock: socket.socket, view: memoryview) -> int:
@@ -66,9 +67,15 @@ class PduStream:
     def send_parts(self, parts: Sequence[bytes | memoryview]) -> None:
         """Send ``parts`` in order, as one stream of bytes: gathered into few system calls (one per
         ``_IOV_MAX`` parts, e.g. a command and its whole data set), without joining them."""
-        if isinstance(self.sock, ssl.SSLSocket):  # TLS has no gathered send
+        if isinstance(self.sock, ssl.SSLSocket):  # TLS has no gathered send: few large records instead
+            pending = bytearray()
             for part in parts:
-                self.sock.sendall(part)
+                pending += part
+                if len(pending) >= _TLS_WRITE:
+                    self.sock.sendall(pending)
+                    pending.clear()
+            if pending:
+                self.sock.sendall(pending)
             return
         for start in range(0, len(parts), _IOV_MAX):
             group = [memoryview(p) for p in parts[start:start + _IOV_MAX]]
