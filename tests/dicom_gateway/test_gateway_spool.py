@@ -6,6 +6,8 @@ import errno
 import hashlib
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -456,9 +458,6 @@ def test_the_hash_runs_beside_the_write_and_is_waited_for(tmp_path: Path, monkey
     finished: list[bool] = []
 
     def slow_digest(chunks: tuple[bytes, ...]) -> str:
-        import threading
-        import time
-
         threads.append(threading.current_thread().name)
         time.sleep(0.2)
         finished.append(True)
@@ -480,3 +479,40 @@ def test_the_hash_runs_beside_the_write_and_is_waited_for(tmp_path: Path, monkey
     with pytest.raises(SpoolFullError):
         spool.store((other,), **other_uids)
     assert finished == [True]  # the hash had ended before store raised
+
+
+def test_a_store_beside_another_hashes_in_its_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only a store with no other in progress hands its hash to another thread; one that starts while
+    another is storing hashes in its own (the cores are busy then), and both digests are right."""
+    spool = Spool(tmp_path / "spool", fsync=False)
+    real_digest = spool_mod._digest
+    second_hashing = threading.Event()
+    hashed_in: dict[int, str] = {}
+
+    def digest(chunks: tuple[bytes, ...]) -> str:
+        first = len(hashed_in) == 0
+        hashed_in[len(hashed_in)] = threading.current_thread().name
+        if first:
+            assert second_hashing.wait(10), "the second store never hashed"
+        else:
+            second_hashing.set()
+        return real_digest(chunks)
+
+    monkeypatch.setattr(spool_mod, "_digest", digest)
+    (one, one_uids), (two, two_uids) = encode(seed=1), encode(seed=2)
+    results = {}
+
+    def store(name: str, data: bytes, uids: dict[str, str]) -> None:
+        results[name] = spool.store((data,), **uids)
+
+    first = threading.Thread(target=store, args=("one", one, one_uids), name="store-one")
+    first.start()
+    while not hashed_in:  # the first store is hashing (beside), so it is in progress
+        time.sleep(0.005)
+    second = threading.Thread(target=store, args=("two", two, two_uids), name="store-two")
+    second.start()
+    second.join(10)
+    first.join(10)
+    assert hashed_in[0].startswith("tamsoat-spool-hash") and hashed_in[1] == "store-two"
+    assert results["one"].sha256 == hashlib.sha256(one).hexdigest()
+    assert results["two"].sha256 == hashlib.sha256(two).hexdigest()
