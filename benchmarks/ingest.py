@@ -31,41 +31,46 @@ fsyncs, database row and commit) against the wall time per instance and associat
 
 Measured 2026-12-04 (a later session) on the development machine (2 vCPUs, ext4 without a journal
 on a virtual disk; this machine was ~1.8x faster for storescp than the day before), ``--rounds 3``,
-two runs:
+three runs (the third after hashing beside the write was limited to lone stores):
 
-    DCMTK storescp, 1 assoc (no fsync)      1558 / 1505 inst/s
-    DCMTK storescp, 1 assoc, durable         675 /  700 inst/s   (0.46 / 0.51 of plain storescp)
-    tamsoat SCP, 1 assoc, fsync on           397 /  397 inst/s   ratio 0.27 / 0.27, vs durable 0.58 / 0.58
-    tamsoat SCP, 1 assoc, fsync off          501 /  498 inst/s   ratio 0.34 / 0.35
-    DCMTK storescp, 4 assoc (no fsync)      1207 / 1173 inst/s   (storescp serves one association at a time)
-    DCMTK storescp, 4 assoc, durable         632 /  646 inst/s
-    tamsoat SCP, 4 assoc, fsync on           485 /  483 inst/s   ratio 0.40 / 0.41, vs durable 0.75 / 0.75
-    tamsoat SCP, 4 assoc, fsync off          544 /  540 inst/s   ratio 0.45 / 0.44
-    sending: DCMTK storescu                 1124 / 1147 inst/s
-    sending: tamsoat send_files             1003 /  943 inst/s   ratio 0.92 / 0.96
+    DCMTK storescp, 1 assoc (no fsync)      1558 / 1505 / 1455 inst/s
+    DCMTK storescp, 1 assoc, durable         675 /  700 /  684 inst/s  (0.46 / 0.51 / 0.47 of plain)
+    tamsoat SCP, 1 assoc, fsync on           397 /  397 /  358 inst/s  ratio 0.27 / 0.27 / 0.25,
+                                                                       vs durable 0.58 / 0.58 / 0.51
+    tamsoat SCP, 1 assoc, fsync off          501 /  498 /  465 inst/s  ratio 0.34 / 0.35 / 0.33
+    DCMTK storescp, 4 assoc (no fsync)      1207 / 1173 / 1160 inst/s  (one association at a time)
+    DCMTK storescp, 4 assoc, durable         632 /  646 /  632 inst/s
+    tamsoat SCP, 4 assoc, fsync on           485 /  483 /  485 inst/s  ratio 0.40 / 0.41 / 0.42,
+                                                                       vs durable 0.75 / 0.75 / 0.76
+    tamsoat SCP, 4 assoc, fsync off          544 /  540 /  564 inst/s  ratio 0.45 / 0.44 / 0.48
+    sending: DCMTK storescu                 1124 / 1147 / 1137 inst/s
+    sending: tamsoat send_files             1003 /  943 / 1173 inst/s  ratio 0.92 / 0.96 / 0.81
 
-Sending, 5 rounds per run, three runs each of the code before and after its PDUs went out as one
-gathered ``sendmsg`` (one-off A/B script): before 0.86 / 0.98 / 0.83, after 1.05 / 1.08 / 1.07. The
-rounds' ratios spread from 0.6 to 1.3: sending is at parity with storescu within this machine's noise.
-Hashing beside the write (one-off A/B, 4 pairs, 1 association): 1.04-1.09x faster; 4 associations: no change.
+(A sending ratio is the median of the rounds' own ratios, which spread from 0.6 to 1.3: in the third
+run the median rates favour us, 1173 vs 1137, and the median ratio does not.) Sending, 5 rounds per
+run, three runs each of the code before and after its PDUs went out as one gathered ``sendmsg``
+(one-off A/B script): before 0.86 / 0.98 / 0.83, after 1.05 / 1.08 / 1.07: sending is at parity
+with storescu within this machine's noise. One-off A/B pairs of receiving: hashing beside the write,
+1 association, 1.04-1.09x; hashing inline when another store is in progress, 4 associations,
+1.00-1.09x in eight pairs (both orders).
 (The day before, on the slower machine: storescp 838 / 820, tamsoat 291 / 420, ratios 0.36 / 0.49.)
 
 Where the time goes, receiving. ``--only phases`` times each step of the service's path (fsync on;
 per instance, summed over the associations; one run):
 
                                                    1 assoc    4 assoc
-    wall time per instance and association         2.79 ms    8.70 ms
-    read a PDU (includes waiting for storescu)     0.55       1.21
-    ingest: header, spool, row                     2.05       6.35
+    wall time per instance and association         2.80 ms    8.21 ms
+    read a PDU (includes waiting for storescu)     0.56       1.11
+    ingest: header, spool, row                     2.04       6.03
       header                                       0.04       0.05
-      spool: file and index entry                  1.34       3.82
-        write, fsync, rename, fsync dir            0.93       2.65
-          write (into the page cache)              0.12       0.32
-          fsync (file and directory)               0.66       1.74
-        index entry (a new file)                   0.14       0.41
-      database: row and commit (WAL fsync)         0.60       2.40
-        the row's statements                       0.27       0.61
-    send the response                              0.05       0.33
+      spool: file and index entry                  1.32       3.87
+        write, fsync, rename, fsync dir            0.91       2.34
+          write (into the page cache)              0.12       0.27
+          fsync (file and directory)               0.65       1.57
+        index entry (a new file)                   0.14       0.34
+      database: row and commit (WAL fsync)         0.60       2.04
+        the row's statements                       0.28       0.53
+    send the response                              0.05       0.25
 
 ``--only breakdown`` (one association, parts added one at a time, our process's CPU per instance):
 
@@ -90,9 +95,12 @@ per instance, summed over the associations; one run):
   skips inodes freed in the last ~30 s (``recently_deleted`` in ``perf``: half of a create), and
   the tests and benchmarks free many. We create two per new instance (the temp file that becomes
   the data file, and the index entry), storescp one;
-* with four associations the CPU is ~1/3 idle and the GIL held ~0.6 ms per instance (``perf`` and
-  ``py-spy --gil``, one-off): the bound
-  is the disk's latency under four writers, not the interpreter.
+* with four associations the two cores are ~3/4 busy (one-off, from ``/proc/stat`` and
+  ``getrusage``): our process spends 2.3 ms of CPU per instance (1.1 of it in the kernel) against
+  1.8 with one association, storescu 0.8; a quarter of our samples in ``perf`` are context
+  switches (``finish_task_switch``, ``_raw_spin_unlock_irqrestore``): threads handing the GIL over
+  at each blocking system call (~35 per instance: socket polls and reads, file and directory calls,
+  SQLite). Storescp serves its four associations one after the other at ~0.9 ms of CPU each.
 
 The page cache: on this project's virtual machines writing into pages the guest has not used yet
 costs ~1.5 ms per 525 KB (the host backs them on first touch: ``perf`` shows 86% of such a write in

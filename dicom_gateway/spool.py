@@ -299,8 +299,8 @@ def _hash(chunks: Sequence[Chunk], beside: bool) -> concurrent.futures.Future[st
     """The data set's digest: with ``beside``, computed by another thread while the caller writes the
     file; else here and now. Only a store with no other in progress hashes beside: then a core is
     likely idle, while with several the cores are busy and each hand-over to another thread costs
-    two context switches (one-off A/B on 2 cores: beside was 1.04-1.09x faster with one association,
-    1.03-1.14x slower with four)."""
+    two context switches (one-off A/B pairs on 2 cores: beside was 1.04-1.09x faster with one
+    association, 0.99-1.17x slower with four)."""
     if beside:
         return _hashers().submit(_digest, chunks)
     done: concurrent.futures.Future[str] = concurrent.futures.Future()
