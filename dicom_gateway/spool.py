@@ -285,13 +285,12 @@ _hasher_pool_lock = threading.Lock()
 
 
 def _hashers() -> concurrent.futures.ThreadPoolExecutor:
-    """The threads that hash data sets while the storing threads write them (made on first use)."""
+    """The threads that hash data sets while the storing threads write them (made on first use).
+    Two: a spool hashes beside only one store at a time (:func:`_hash`)."""
     global _hasher_pool
     with _hasher_pool_lock:
         if _hasher_pool is None:
-            # One per core, at least four: stores never queue behind each other's hashes for long.
-            workers = max(4, os.cpu_count() or 1)
-            _hasher_pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tamsoat-spool-hash")
+            _hasher_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="tamsoat-spool-hash")
         return _hasher_pool
 
 
