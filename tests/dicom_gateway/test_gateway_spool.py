@@ -469,16 +469,20 @@ def test_the_hash_runs_beside_the_write_and_is_waited_for(tmp_path: Path, monkey
     assert threads and threads[0].startswith("tamsoat-spool-hash")
     assert spool.versions(uids["sop_instance_uid"])[0].sha256 == result.sha256
 
+    threads.clear()
     finished.clear()
     other, other_uids = encode(seed=1)
 
     def full(fd: int, chunks: tuple[bytes, ...]) -> int:
+        deadline = time.monotonic() + 10
+        while not threads and time.monotonic() < deadline:  # fail while the hash is under way
+            time.sleep(0.001)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(spool_mod, "_write_chunks", full)
     with pytest.raises(SpoolFullError):
         spool.store((other,), **other_uids)
-    assert finished == [True]  # the hash had ended before store raised
+    assert threads and finished == [True]  # the hash had ended before store raised
 
 
 def test_a_store_beside_another_hashes_in_its_own_thread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
