@@ -11,14 +11,17 @@ Receiving: DCMTK ``storescu`` sends the series to
   * the same storescp made durable ("durable"): ``fsync_on_close.c``, built here with the system's
     C compiler and preloaded, fsyncs each file and its directory when storescp closes it, before it
     answers (two of our three durability points; storescp has no database). Left out, with a
-    message, when there is no C compiler. A second reference, not the target, and
+    message, when there is no C compiler. A second reference, not the target,
+  * no receiver at all ("durable file writes alone"): the same files written by 1 or 4 threads
+    straight from memory the way a durable receiver must (temp file, write, fsync, rename, fsync
+    directory), with no DICOM and no database: the floor under any durable receiver on this disk,
   * tamsoat's StorageSCP with the service's own sink (the instance row in SQLite, WAL,
     synchronous=FULL) and the spool's fsync ON (temp file, fsync, rename, fsync directory): success
     is answered only once the instance is durable. Also with fsync off, to show what durability costs.
 Each with 1 association and with 4 parallel associations (4 storescu processes, a quarter each).
 Both sides run with ``TCP_NODELAY=1`` (DCMTK reads it from the environment). Rounds are interleaved
-(each round runs DCMTK, durable DCMTK, then tamsoat with fsync on, then off) and a ratio is the
-median of the rounds' own ratios. After every run its files are written back and dropped from the
+(each round runs DCMTK, durable DCMTK, the file writes alone, then tamsoat with fsync on, then off)
+and a ratio is the median of the rounds' own ratios. After every run its files are written back and dropped from the
 page cache (``evict``), so every run starts from the same memory; see "the page cache" below.
 
 Sending: tamsoat's SCU (``dicom_gateway.scu.send_files``, one association) vs DCMTK ``storescu``,
@@ -53,6 +56,9 @@ run, three runs each of the code before and after its PDUs went out as one gathe
 with storescu within this machine's noise. One-off A/B pairs of receiving: hashing beside the write,
 1 association, 1.04-1.09x; hashing inline when another store is in progress, 4 associations,
 1.00-1.09x in eight pairs (both orders).
+A fourth run, with the "durable file writes alone" line (1 / 4 associations): storescp 1077 / 1355,
+durable storescp 790 / 643, file writes alone 1347 / 1892, tamsoat fsync on 403 / 522: ratio 0.37 /
+0.37, vs durable DCMTK 0.56 / 0.81.
 (The day before, on the slower machine: storescp 838 / 820, tamsoat 291 / 420, ratios 0.36 / 0.49.)
 
 Where the time goes, receiving. ``--only phases`` times each step of the service's path (fsync on;
@@ -88,9 +94,10 @@ per instance, summed over the associations; one run):
   expression per instance, ~5% of the CPU);
 * durability is the bulk of it: fsync of the file (~0.5 ms for 525 KB, the disk's bandwidth), of
   its directory (~0.15 ms) and the WAL commit (~0.15-0.3 ms), in series, and slower when four
-  associations share the disk. A one-off raw loop of just "temp file, write, fsync, rename, fsync dir" does
-  ~1000 files/s with one thread and ~1650/s with four on this disk: the floor under any durable
-  receiver here, against plain storescp's 1500/s;
+  associations share the disk. The "durable file writes alone" line (temp file, write, fsync,
+  rename, fsync dir, from memory, no DICOM, no database) did 1347 files/s with one thread and 1892
+  with four in a fourth run (a one-off raw loop earlier: ~1000 and ~1650): the floor under any
+  durable receiver here, against plain storescp's 1100-1550 inst/s;
 * every inode this file system creates costs ~0.1-0.25 ms of kernel CPU: without a journal, ext4
   skips inodes freed in the last ~30 s (``recently_deleted`` in ``perf``: half of a create), and
   the tests and benchmarks free many. We create two per new instance (the temp file that becomes
@@ -117,12 +124,12 @@ is not much faster than "fsync on". The breakdown's tmpfs spool keeps every file
 Why not 1.0: storescp fsyncs nothing, and storescu waits for each response before it sends the
 next instance, so with one association each success waits for three durability points in series
 (~1 ms when the disk is quiet) inside storescp's whole per-instance time of ~0.65 ms. An estimate
-of the best any durable receiver can do here with one association: the raw loop's ~1.0 ms per file,
-plus ~0.15 ms for a database commit, plus storescu's own ~0.36 ms per instance (the "keeps nothing"
-line: 0.68 ms per instance, of which our CPU 0.32) is ~1.5 ms, i.e. ~670 inst/s or ~0.45 of plain
-storescp; storescp made as durable (file and directory) does just that (0.46-0.51 of its plain
-speed). We reach 0.58 of it with one association and 0.75 with four. Sending has no fsync on our
-side and is at parity with storescu.
+of the best any durable receiver can do here with one association: the file writes alone, ~0.75-1.0
+ms per file, plus ~0.15 ms for a database commit, plus storescu's own ~0.36 ms per instance (the
+"keeps nothing" line: 0.68 ms per instance, of which our CPU 0.32) is ~1.3-1.5 ms, i.e. ~670-770
+inst/s or ~0.45-0.7 of plain storescp; storescp made as durable (file and directory) does just
+that (0.46-0.73 of its plain speed). We reach 0.51-0.58 of it with one association and 0.75-0.81
+with four. Sending has no fsync on our side and is at parity with storescu.
 """
 
 from __future__ import annotations
@@ -137,6 +144,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -261,6 +269,40 @@ class TamsoatReceiver:
         self.db.dispose()
 
 
+def durable_writes(folder: Path, payloads: list[bytes], parallel: int) -> float:
+    """The floor under any durable receiver on this disk, with no DICOM and no database: each payload
+    written the way a durable receiver must (temp file, write, fsync, rename, fsync the directory),
+    by ``parallel`` threads. Seconds for all."""
+    folder.mkdir(parents=True)
+
+    def write(indices: range) -> None:
+        for i in indices:
+            temp, final = folder / f".{i}.partial", folder / f"{i}.dcm"
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+            try:
+                view = memoryview(payloads[i])
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # as the spool does
+            finally:
+                os.close(fd)
+            os.rename(temp, final)
+            directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+
+    threads = [threading.Thread(target=write, args=(range(k, len(payloads), parallel),)) for k in range(parallel)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
 def evict(folder: Path) -> None:
     """Write back every file under ``folder`` and drop it from the page cache, so that every run
     starts with the same memory: ~160 MB of pages just freed. On this project's virtual machines,
@@ -324,8 +366,16 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
     store_ms: dict[tuple[int, bool], list[float]] = {}
     shim = build_fsync_shim(work) if args.only in (None, "receive") else None
 
+    payloads: list[bytes] = []
+
     def receive(kind: str, parallel: int, fsync: bool = True) -> float:
         where = work / f"r{next(counter)}"
+        if kind == "floor":
+            payloads[:] = payloads or [f.read_bytes() for f in files]
+            os.sync()
+            seconds = durable_writes(where, payloads, parallel)
+            evict(where)
+            return n / seconds
         receiver: DcmtkReceiver | TamsoatReceiver
         receiver = DcmtkReceiver(where, shim if fsync else None) if kind == "dcmtk" else TamsoatReceiver(where, fsync)
         # Start every run with no dirty pages of the one before: storescp leaves ~160 MB unwritten
@@ -365,7 +415,8 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             # Interleaved: each round runs DCMTK and both tamsoat variants one after the other, so
             # every ratio compares runs minutes apart at most (this machine's speed drifts by 2x).
             runs: dict[tuple[str, bool], list[float]] = {}
-            kinds = [("dcmtk", False), *([("dcmtk", True)] if shim else []), ("tamsoat", True), ("tamsoat", False)]
+            kinds = [("dcmtk", False), *([("dcmtk", True)] if shim else []), ("floor", True), ("tamsoat", True),
+                     ("tamsoat", False)]
             for _ in range(args.rounds):
                 for kind, fsync in kinds:
                     runs.setdefault((kind, fsync), []).append(receive(kind, parallel, fsync))
@@ -374,6 +425,8 @@ def _run(args: argparse.Namespace, files: list[Path], work: Path) -> None:
             if shim:
                 report(f"DCMTK storescp, {parallel} assoc, durable", statistics.median(runs["dcmtk", True]),
                        median_ratio(runs, ("dcmtk", True), ("dcmtk", False)))
+            report(f"durable file writes alone, {parallel} thread(s)", statistics.median(runs["floor", True]),
+                   median_ratio(runs, ("floor", True), ("dcmtk", False)))
             for fsync in (True, False):
                 label = f"tamsoat SCP, {parallel} assoc, fsync {'on' if fsync else 'off'}"
                 report(label, statistics.median(runs["tamsoat", fsync]),

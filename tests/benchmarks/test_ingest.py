@@ -32,6 +32,7 @@ def test_receive_and_send_figures(tmp_path: Path) -> None:
         assert re.search(rf"DCMTK storescp, {parallel} assoc \(no fsync\){RATE}", out), out
         for fsync in ("on", "off"):
             assert re.search(rf"tamsoat SCP, {parallel} assoc, fsync {fsync}{RATE}\s+ratio [0-9.]+", out), out
+        assert re.search(rf"durable file writes alone, {parallel} thread\(s\){RATE}\s+ratio [0-9.]+", out), out
         if shutil.which("cc") or shutil.which("gcc"):
             assert re.search(rf"DCMTK storescp, {parallel} assoc, durable{RATE}\s+ratio [0-9.]+", out), out
             assert "vs durable DCMTK" in out
