@@ -6,6 +6,7 @@ Shared by our acceptor (:mod:`dicom_gateway.acceptor`) and requestor (:mod:`dico
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import ssl
 from collections.abc import Sequence
@@ -15,7 +16,7 @@ from dicom_gateway.upper_layer import REASON_INVALID_PARAMETER, PduError
 __all__ = ["PduStream", "recv_exactly"]
 
 _QUICKACK = getattr(socket, "TCP_QUICKACK", None)
-_IOV_MAX = 1024  # buffers per sendmsg (Linux's limit)
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024  # buffers per call
 _TLS_WRITE = 256 * 1024  # over TLS, parts are sent in writes of about this size
 
 

@@ -77,7 +77,7 @@ _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _DONTNEED = getattr(os, "POSIX_FADV_DONTNEED", None)  # not on macOS
-_IOV_MAX = 1024  # buffers per writev (Linux's limit)
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if "SC_IOV_MAX" in os.sysconf_names else 1024  # buffers per call
 _SHARDS = tuple(f"{i:02x}" for i in range(256))  # the index's subdirectories: SHA-256(SOP UID)[:2]
 _INDEX_LINE = re.compile(
     r"(?P<version>[1-9][0-9]*) (?P<sha256>[0-9a-f]{64}) (?P<size>[0-9]+) (?P<path>[0-9.]+/[0-9.]+/\S+)"
